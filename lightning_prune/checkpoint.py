@@ -1,0 +1,35 @@
+"""Saving a trained (pruned) model as plain tensors and config, loadable with weights_only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+
+def save_model(
+    path: str | Path, model: nn.Module, model_config: DictConfig | dict, info: dict[str, Any]
+) -> Path:
+    """Write {state_dict, model_config, info}; `info` must hold plain types only."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    config = OmegaConf.to_container(model_config, resolve=True)
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "model_config": config, "info": info}, path)
+    return path
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from its saved config and weights; return it with its info."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model checkpoint not found: {path}")
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    model = instantiate(saved["model_config"])
+    model.load_state_dict(saved["state_dict"])
+    model.eval()
+    return model, {**saved["info"], "model_config": saved["model_config"]}

@@ -1,0 +1,105 @@
+"""`lightning-prune <command> [overrides...]`: every override is a Hydra override of conf/."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_prune.config import ConfigError, config_groups, load_config
+
+NOT_YET = 2
+
+
+def _train(cfg: DictConfig) -> int:
+    from lightning_prune.console import print_train_result
+    from lightning_prune.train import run_train
+
+    result = run_train(cfg)
+    print_train_result(result, cfg.tracking.uri, cfg.tracking.experiment)
+    return 0
+
+
+def _ui(cfg: DictConfig, port: int) -> int:
+    from lightning_prune.tracking import prepare_store
+
+    prepare_store(cfg.tracking.uri)
+    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", cfg.tracking.uri,
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    print(f"MLflow UI for {cfg.tracking.uri} on http://127.0.0.1:{port} (Ctrl-C to stop)")
+    return subprocess.call(command)
+
+
+def _not_yet(name: str) -> Callable[[DictConfig], int]:
+    def handler(cfg: DictConfig) -> int:
+        print(f"lightning-prune {name}: not available yet", file=sys.stderr)
+        return NOT_YET
+
+    return handler
+
+
+COMMANDS: dict[str, tuple[str, Callable[[DictConfig], int]]] = {
+    "train": ("train one model (with the configured pruning) and test it", _train),
+    "search": ("Optuna search over pruning recipes", _not_yet("search")),
+    "ensemble": ("weighted ensemble of a study's top-k pruned models", _not_yet("ensemble")),
+    "report": ("summary table and figures of a study", _not_yet("report")),
+    "ui": ("open the MLflow UI on the tracking store (127.0.0.1)", None),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    groups = "\n".join(f"  {g:<10} {', '.join(opts)}" for g, opts in config_groups().items())
+    parser = argparse.ArgumentParser(
+        prog="lightning-prune",
+        description="Adaptive pruning for PyTorch Lightning, searched with Optuna, "
+        "ensembled, tracked in MLflow.",
+        epilog="Config groups (choose with GROUP=OPTION, set keys with group.key=value):\n"
+        f"{groups}\n\nExample: lightning-prune train model=lenet5 trainer.max_epochs=3 "
+        "data.subset=5000",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, _) in COMMANDS.items():
+        cmd = sub.add_parser(name, help=help_text, description=help_text)
+        cmd.add_argument("--cfg", action="store_true", help="print the composed config and exit")
+        if name == "ui":
+            cmd.add_argument("--port", type=int, default=5000, help="port (default 5000)")
+        cmd.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. model=lenet5")
+    return parser
+
+
+def _quiet_libraries() -> None:
+    """Keep the terminal for our own tables: hide library banners and known deprecations."""
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=r".*(LeafSpec|log_every_n_steps|num_workers).*")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    _quiet_libraries()
+    try:
+        cfg = load_config(args.overrides)
+    except ConfigError as err:
+        print(f"lightning-prune {args.command}: error: {err}", file=sys.stderr)
+        return NOT_YET
+    if args.cfg:
+        print(OmegaConf.to_yaml(cfg))
+        return 0
+    if args.command == "ui":
+        return _ui(cfg, args.port)
+    try:
+        return COMMANDS[args.command][1](cfg)
+    except ConfigError as err:
+        print(f"lightning-prune {args.command}: error: {err}", file=sys.stderr)
+        return NOT_YET
+
+
+if __name__ == "__main__":
+    sys.exit(main())

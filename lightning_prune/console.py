@@ -1,0 +1,43 @@
+"""Rich tables for what the commands print."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def key_value_table(title: str, rows: dict[str, Any]) -> Table:
+    """A two-column table of named values."""
+    table = Table(title=title, show_header=True, header_style="bold")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in rows.items():
+        table.add_row(key, _fmt(value))
+    return table
+
+
+def print_train_result(result: Any, uri: str, experiment: str) -> None:
+    """The `train` command's closing table and where the run was recorded."""
+    rows = {k: result.metrics[k] for k in ("test_acc", "test_loss", "val_acc", "val_loss")
+            if k in result.metrics}  # fmt: skip
+    if result.pruning:
+        rows["sparsity"] = result.pruning.get("sparsity")
+        rows["nonzero params"] = result.pruning.get("nonzero_params")
+        rows["total params"] = result.pruning.get("total_params")
+    rows["train + test seconds"] = f"{result.seconds:.1f}"
+    console.print(key_value_table("lightning-prune train", rows))
+    if result.run_id:
+        console.print(f"Recorded: MLflow run {result.run_id} (experiment '{experiment}') at {uri}")
+        console.print(f"Model: {result.checkpoint}   Browse runs: lightning-prune ui")

@@ -1,0 +1,121 @@
+"""One training run from a composed config: build, fit, test, save, record in MLflow."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_prune import tracking
+from lightning_prune.checkpoint import save_model
+from lightning_prune.config import ConfigError
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: metrics, the trained module, and where it was recorded."""
+
+    metrics: dict[str, float]
+    model: pl.LightningModule
+    pruning: dict[str, Any] | None = None
+    run_id: str | None = None
+    checkpoint: Path | None = None
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _build(cfg: DictConfig, group: str) -> Any:
+    try:
+        return instantiate(cfg[group])
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        raise ConfigError(f"{group}: {cause}") from None
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"{group}: {err}") from None
+
+
+def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, Any]:
+    """Seed, then instantiate data, model and (when configured) the pruning callback.
+
+    Every constructor validates its arguments, so bad values fail here, before training,
+    with an error that names the config group.
+    """
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = _build(cfg, "data")
+    model = _build(cfg, "model")
+    pruning = _build(cfg, "pruning") if cfg.get("pruning") and "_target_" in cfg.pruning else None
+    return datamodule, model, pruning
+
+
+def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg.trainer, resolve=True)
+
+
+def fit_and_test(
+    cfg: DictConfig,
+    *,
+    callbacks: list[pl.Callback] | tuple = (),
+    logger: Any = False,
+    trainer_overrides: dict[str, Any] | None = None,
+    test: bool = True,
+    components: tuple | None = None,
+) -> TrainResult:
+    """Fit, then test; `components` are the output of `build_components` (built if None)."""
+    datamodule, model, pruning = components or build_components(cfg)
+    all_callbacks = [*([pruning] if pruning else []), *callbacks]
+    kwargs = {**_trainer_kwargs(cfg), **(trainer_overrides or {})}
+    try:
+        trainer = pl.Trainer(**kwargs, callbacks=all_callbacks, logger=logger)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"trainer: {err}") from None
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    if test and not getattr(trainer, "interrupted", False):
+        tested = trainer.test(model, datamodule=datamodule, verbose=False)
+        metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
+    summary = pruning.summary() if pruning is not None else None
+    return TrainResult(
+        metrics=metrics,
+        model=model,
+        pruning=summary,
+        seconds=time.perf_counter() - start,
+        extra={"trainer": trainer},
+    )
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, int | float | str | bool) or value is None else str(value)
+
+
+def save_result(cfg: DictConfig, result: TrainResult, folder: Path) -> Path:
+    """Save the final model as plain tensors plus the info a later loader needs."""
+    info = {"metrics": result.metrics, "seconds": result.seconds}
+    if result.pruning:
+        info["pruning"] = {k: _plain(v) for k, v in result.pruning.items() if k != "events"}
+    return save_model(folder / "model.pt", result.model, cfg.model, info)
+
+
+def run_train(cfg: DictConfig) -> TrainResult:
+    """The `train` command: a fit and test recorded as one MLflow run with its model."""
+    uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
+    components = build_components(cfg)  # bad input fails before anything is recorded
+    run_id = tracking.start_run(uri, experiment, run_name=cfg.run_name, tags={"job": "train"})
+    logger = tracking.lightning_logger(uri, experiment, run_id)
+    logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+    status = "FAILED"
+    try:
+        result = fit_and_test(cfg, logger=logger, components=components)
+        result.run_id = run_id
+        result.checkpoint = save_result(cfg, result, Path(cfg.output_dir) / "models" / run_id)
+        logger.experiment.log_artifact(run_id, str(result.checkpoint))
+        status = "FINISHED"
+        return result
+    finally:
+        logger.experiment.set_terminated(run_id, status)
