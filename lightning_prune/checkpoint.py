@@ -17,7 +17,11 @@ def save_model(
     """Write {state_dict, model_config, info}; `info` must hold plain types only."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    config = OmegaConf.to_container(model_config, resolve=True)
+    config = (
+        OmegaConf.to_container(model_config, resolve=True)
+        if isinstance(model_config, DictConfig)
+        else dict(model_config)
+    )
     state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     torch.save({"state_dict": state, "model_config": config, "info": info}, path)
     return path

@@ -2,7 +2,7 @@
 
 from lightning_prune.data.fashion_mnist import CLASSES, FashionMNISTDataModule
 from lightning_prune.data.idx import DataFileError, read_idx
-from lightning_prune.data.locate import DataNotFoundError, locate
+from lightning_prune.data.sources import DataNotFoundError, locate
 from lightning_prune.data.synthetic import SyntheticDataModule
 from lightning_prune.data.tensors import TensorDataModule
 

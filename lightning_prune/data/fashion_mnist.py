@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from lightning_prune.data.idx import DataFileError, read_idx
-from lightning_prune.data.locate import FILES, locate
+from lightning_prune.data.sources import FILES, locate
 from lightning_prune.data.tensors import TensorDataModule, check_positive
 
 CLASSES = (

@@ -1,0 +1,1 @@
+"""Package placeholder; its modules land in a later commit."""

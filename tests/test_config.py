@@ -1,0 +1,33 @@
+import pytest
+
+from lightning_prune.config import ConfigError, config_groups, load_config
+
+
+def test_default_config_composes():
+    cfg = load_config()
+    assert cfg.model.network == "lenet300" and cfg.data.seed == cfg.seed
+    assert cfg.tracking.uri == "sqlite:///runs/mlflow.db"
+    groups = config_groups()
+    assert {"data", "model", "trainer", "pruning"} <= set(groups)
+    assert {"lenet300", "lenet5", "vgg_small"} <= set(groups["model"])
+
+
+def test_overrides_apply():
+    cfg = load_config(["model=lenet5", "trainer.max_epochs=3", "data.subset=5000", "seed=7"])
+    assert (cfg.model.network, cfg.trainer.max_epochs, cfg.data.subset) == ("lenet5", 3, 5000)
+    assert cfg.data.seed == 7
+
+
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("trainer.max_epochz=3", "trainer.max_epochz"),
+        ("trainer.max_epochs=ten", "trainer.max_epochs"),
+        ("model=resnet", "model/resnet"),
+        ("model.lr=fast", "model.lr"),
+        ("trainer.enable_progress_bar=maybe", "trainer.enable_progress_bar"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, named):
+    with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
+        load_config([override])
