@@ -9,7 +9,10 @@ from lightning_prune.models import Classifier, build_network
 
 @pytest.mark.parametrize(
     ("name", "weights"),
-    [("lenet300", 784 * 300 + 300 * 100 + 100 * 10), ("lenet5", 20 * 25 + 50 * 20 * 25 + 800 * 500 + 5000)],
+    [
+        ("lenet300", 784 * 300 + 300 * 100 + 100 * 10),
+        ("lenet5", 20 * 25 + 50 * 20 * 25 + 800 * 500 + 5000),
+    ],
 )
 def test_networks_have_the_published_shapes(name, weights):
     net = build_network(name)
@@ -44,8 +47,8 @@ def test_classifier_learns_and_logs_metrics(optimizer, tmp_path):
     assert {"val_acc", "val_loss", "train_loss"} <= set(trainer.callback_metrics)
     tested = trainer.test(model, datamodule=data, verbose=False)[0]
     assert tested["test_acc"] > 0.5  # chance is 0.1
-    path = save_model(tmp_path / "m.pt", model, {"_target_": "lightning_prune.models.Classifier",
-                                                   "network": "lenet300"}, {"acc": 1.0})  # fmt: skip
+    config = {"_target_": "lightning_prune.models.Classifier", "network": "lenet300"}
+    path = save_model(tmp_path / "m.pt", model, config, {"acc": 1.0})
     loaded, info = load_model(path)
     x = data.test[0][:8]
     model.eval()
