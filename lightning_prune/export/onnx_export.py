@@ -1,0 +1,77 @@
+"""ONNX export of a (compacted) model, checked and verified against torch outputs.
+
+torch 2.13's ``torch.onnx.export`` defaults to the dynamo exporter, which needs the
+``onnxscript`` package. The TorchScript exporter (``dynamo=False``) still works and
+needs only ``onnx``; we use it, with a dynamic batch dimension.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    example_input: torch.Tensor,
+    *,
+    opset_version: int = 17,
+    dynamic_batch: bool = True,
+    verify: bool = True,
+    rtol: float = 1e-4,
+    atol: float = 1e-5,
+) -> Path:
+    """Export ``model`` (eval mode) to ``path``; check it and compare onnxruntime to torch.
+
+    ``verify`` runs ``onnx.checker`` and one onnxruntime inference on ``example_input`` and
+    raises a RuntimeError if its output differs from torch's beyond ``rtol``/``atol``.
+    """
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = copy.deepcopy(model).eval().cpu()
+    example_input = example_input.cpu()
+    axes = {"input": {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
+        torch.onnx.export(
+            model,
+            (example_input,),
+            str(path),
+            dynamo=False,
+            input_names=["input"],
+            output_names=["output"],
+            dynamic_axes=axes,
+            opset_version=opset_version,
+        )
+    if verify:
+        onnx.checker.check_model(onnx.load(str(path)))
+        with torch.no_grad():
+            expected = model(example_input).numpy()
+        got = run_onnx(path, example_input.numpy())
+        if got.shape != expected.shape or not np.allclose(got, expected, rtol=rtol, atol=atol):
+            raise RuntimeError(f"export_onnx: onnxruntime output of {path} differs from torch")
+    return path
+
+
+def onnx_session(path: str | Path, threads: int = 1):  # -> onnxruntime.InferenceSession
+    """A CPU onnxruntime session with ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(path: str | Path, inputs: np.ndarray, threads: int = 1) -> np.ndarray:
+    """Run an exported model once on ``inputs`` (float32) and return its output."""
+    session = onnx_session(path, threads)
+    return session.run(None, {"input": inputs.astype(np.float32)})[0]
