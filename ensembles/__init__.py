@@ -1,0 +1,63 @@
+"""Weighted ensembles of the best pruned models of an Optuna study.
+
+- :func:`select_members` -- top-k finished, feasible trials (optionally diverse), loaded.
+- :class:`WeightedEnsemble` -- simplex-weighted average of members (a LightningModule).
+- :func:`fit_weights` -- uniform / score / optimized / greedy weights from validation data.
+- :func:`fit_ensemble`, :func:`evaluate_ensemble` -- build on val, report on test.
+- :func:`save_ensemble`, :func:`load_ensemble`, :func:`log_ensemble` -- file and MLflow.
+- :func:`run_ensemble` -- the `lightning-prune ensemble` command.
+"""
+
+from lightning_prune.ensembles.artifact import load_ensemble, log_ensemble, save_ensemble
+from lightning_prune.ensembles.evaluate import (
+    EnsembleReport,
+    count_flops,
+    evaluate_ensemble,
+    report_table,
+)
+from lightning_prune.ensembles.model import COMBINES, WeightedEnsemble, combine_log_probs
+from lightning_prune.ensembles.predictions import OutputSizeError, collect_log_probs
+from lightning_prune.ensembles.run import (
+    EnsembleResult,
+    fit_ensemble,
+    print_ensemble_result,
+    run_ensemble,
+)
+from lightning_prune.ensembles.selection import (
+    DIVERSITIES,
+    Member,
+    Selection,
+    SelectionError,
+    open_study,
+    ranked_trials,
+    select_members,
+)
+from lightning_prune.ensembles.weighting import WEIGHTINGS, fit_weights
+
+__all__ = [
+    "COMBINES",
+    "DIVERSITIES",
+    "WEIGHTINGS",
+    "EnsembleReport",
+    "EnsembleResult",
+    "Member",
+    "OutputSizeError",
+    "Selection",
+    "SelectionError",
+    "WeightedEnsemble",
+    "collect_log_probs",
+    "combine_log_probs",
+    "count_flops",
+    "evaluate_ensemble",
+    "fit_ensemble",
+    "fit_weights",
+    "load_ensemble",
+    "log_ensemble",
+    "open_study",
+    "print_ensemble_result",
+    "ranked_trials",
+    "report_table",
+    "run_ensemble",
+    "save_ensemble",
+    "select_members",
+]

@@ -25,6 +25,49 @@ def _train(cfg: DictConfig) -> int:
     return 0
 
 
+def _ensemble(cfg: DictConfig) -> int:
+    from lightning_prune.ensembles import OutputSizeError, SelectionError
+    from lightning_prune.ensembles.run import print_ensemble_result, run_ensemble
+
+    try:
+        result = run_ensemble(cfg)
+    except (SelectionError, OutputSizeError) as err:
+        print(f"lightning-prune ensemble: error: {err}", file=sys.stderr)
+        return NOT_YET
+    print_ensemble_result(result)
+    return 0
+
+
+def _search(cfg: DictConfig) -> int:
+    from lightning_prune.search import print_report, run_search
+
+    study = run_search(cfg)
+    print_report(study, top_k=int(cfg.search.top_k))
+    outcome = study.user_attrs.get("last_outcome")
+    if outcome == "interrupted":
+        print("Interrupted: run the same command again to resume the study.", file=sys.stderr)
+        return 130
+    if outcome == "incomplete":
+        print("Workers stopped before search.n_trials were done (see the failed trials); "
+              "run the same command again to continue.", file=sys.stderr)  # fmt: skip
+        return 1
+    return 0
+
+
+def _report(cfg: DictConfig) -> int:
+    from lightning_prune.search import load_study, print_report
+
+    try:
+        study = load_study(cfg.search.storage, cfg.search.study_name)
+    except KeyError:
+        where = f"{cfg.search.study_name!r} in {cfg.search.storage}"
+        print(f"lightning-prune report: error: no study {where} (set search.study_name "
+              "and search.storage)", file=sys.stderr)  # fmt: skip
+        return NOT_YET
+    print_report(study, top_k=int(cfg.search.top_k))
+    return 0
+
+
 def _ui(cfg: DictConfig, port: int) -> int:
     from lightning_prune.tracking import prepare_store
 
@@ -45,9 +88,9 @@ def _not_yet(name: str) -> Callable[[DictConfig], int]:
 
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], int]]] = {
     "train": ("train one model (with the configured pruning) and test it", _train),
-    "search": ("Optuna search over pruning recipes", _not_yet("search")),
-    "ensemble": ("weighted ensemble of a study's top-k pruned models", _not_yet("ensemble")),
-    "report": ("summary table and figures of a study", _not_yet("report")),
+    "search": ("Optuna search over pruning recipes", _search),
+    "ensemble": ("weighted ensemble of a study's top-k pruned models", _ensemble),
+    "report": ("summary table and figures of a study", _report),
     "ui": ("open the MLflow UI on the tracking store (127.0.0.1)", None),
 }
 

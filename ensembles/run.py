@@ -1,0 +1,172 @@
+"""The `ensemble` command: study -> top-k members -> weights on val -> test report -> MLflow.
+
+`fit_ensemble` sees validation data only and `evaluate_ensemble` test data only, so the
+test split cannot leak into member selection or weight fitting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from lightning_prune.ensembles.artifact import log_ensemble, save_ensemble
+from lightning_prune.ensembles.evaluate import EnsembleReport, evaluate_ensemble, report_table
+from lightning_prune.ensembles.model import COMBINES, WeightedEnsemble
+from lightning_prune.ensembles.predictions import collect_log_probs
+from lightning_prune.ensembles.selection import (
+    DIVERSITIES,
+    Member,
+    SelectionError,
+    open_study,
+    select_members,
+)
+from lightning_prune.ensembles.weighting import WEIGHTINGS, fit_weights
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_prune.config import ConfigError
+
+DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
+
+
+@dataclass
+class EnsembleResult:
+    """Everything one `ensemble` run produced."""
+
+    ensemble: WeightedEnsemble
+    members: list[Member]
+    report: EnsembleReport
+    notes: list[str] = field(default_factory=list)
+    artifact: Path | None = None
+    run_id: str | None = None
+    model_uri: str | None = None
+    tracking_uri: str | None = None
+    weighting: str = ""
+
+
+def fit_ensemble(
+    members: list[Member],
+    val_loader: Iterable,
+    weighting: str = "optimized",
+    *,
+    combine: str = "prob",
+    temperature: float = 0.01,
+    greedy_rounds: int = 25,
+) -> WeightedEnsemble:
+    """Build the ensemble and fit its weights on `val_loader` (validation data only)."""
+    names = [m.name for m in members]
+    log_probs, labels = collect_log_probs([m.model for m in members], val_loader, names)
+    weights = fit_weights(weighting, log_probs, labels, combine=combine,
+                          temperature=temperature, greedy_rounds=greedy_rounds)  # fmt: skip
+    models = [m.model for m in members]
+    return WeightedEnsemble(models, weights, combine, num_classes=log_probs.shape[-1])
+
+
+def _check_options(options: DictConfig) -> None:
+    """Bad settings fail before the study or any checkpoint is opened."""
+    allowed = {"weighting": WEIGHTINGS, "combine": COMBINES, "diversity": DIVERSITIES}
+    for key, values in allowed.items():
+        if options[key] not in values:
+            raise ConfigError(f"ensemble.{key} must be one of {values}, got {options[key]!r}")
+    if options.k < 1:
+        raise ConfigError(f"ensemble.k must be >= 1, got {options.k}")
+    if options.temperature <= 0:
+        raise ConfigError(f"ensemble.temperature must be > 0, got {options.temperature}")
+
+
+def _datamodule(cfg: DictConfig, study: optuna.Study) -> pl.LightningDataModule:
+    """The data the study's trials were validated on (its recorded `config.data`)."""
+    recorded = study.user_attrs.get("config", {}).get("data")
+    use_study = cfg.ensemble.data_from == "study" and recorded
+    data_cfg = recorded if use_study else OmegaConf.to_container(cfg.data, resolve=True)
+    try:
+        datamodule = instantiate(data_cfg)
+    except Exception as err:
+        raise ConfigError(f"data: {err}") from None
+    datamodule.prepare_data()
+    return datamodule
+
+
+def study_location(cfg: DictConfig) -> tuple[str, str | None]:
+    """Storage URL and study name: `ensemble.*` when set, else the shared `search.*` keys."""
+    storage = cfg.ensemble.storage or OmegaConf.select(cfg, "search.storage") or DEFAULT_STORAGE
+    name = cfg.ensemble.study_name or OmegaConf.select(cfg, "search.study_name")
+    return storage, name
+
+
+def run_ensemble(cfg: DictConfig) -> EnsembleResult:
+    """The whole command; returns what it produced (printed by `print_ensemble_result`)."""
+    options = cfg.ensemble
+    _check_options(options)
+    storage, name = study_location(cfg)
+    study = open_study(storage, name)
+    uri = study.user_attrs.get("tracking_uri") or cfg.tracking.uri
+    experiment = study.user_attrs.get("experiment") or cfg.tracking.experiment
+    datamodule = _datamodule(cfg, study)
+    datamodule.setup("validate")
+    output_dir = Path(cfg.output_dir) / "ensembles"
+    selection = select_members(
+        study, options.k, diversity=options.diversity, val_loader=datamodule.val_dataloader(),
+        pool=options.pool or None, diversity_weight=options.diversity_weight,
+        tracking_uri=uri, download_dir=output_dir / "downloads",
+    )  # fmt: skip
+    members = selection.members
+    ensemble = fit_ensemble(
+        members, datamodule.val_dataloader(), options.weighting, combine=options.combine,
+        temperature=options.temperature, greedy_rounds=options.greedy_rounds,
+    )  # fmt: skip
+    datamodule.setup("test")
+    report = evaluate_ensemble(ensemble, datamodule.test_dataloader(), [m.name for m in members],
+                               latency_batch=options.latency_batch)  # fmt: skip
+    settings = {"study": study.study_name, "storage": storage, **_plain(options)}
+    path = Path(options.output or output_dir / f"{study.study_name}-{options.weighting}.pt")
+    artifact = save_ensemble(path, ensemble, [m.model_config for m in members],
+                             [m.summary() for m in members], settings)  # fmt: skip
+    result = EnsembleResult(
+        ensemble, members, report, selection.notes, artifact,
+        tracking_uri=uri, weighting=options.weighting,
+    )  # fmt: skip
+    if options.log_mlflow:
+        example = next(iter(datamodule.val_dataloader()))[0][:2]
+        result.run_id, result.model_uri = log_ensemble(
+            uri, experiment, artifact, ensemble, params=settings, metrics=report.metrics(),
+            members=[m.summary() for m in members], example=example,
+            parent_run_id=study.user_attrs.get("mlflow_parent_run_id"),
+            run_name=f"ensemble-{options.weighting}-k{len(members)}",
+        )  # fmt: skip
+    return result
+
+
+def _plain(options: DictConfig) -> dict[str, Any]:
+    return {k: v for k, v in OmegaConf.to_container(options, resolve=True).items()
+            if k not in ("storage", "study_name")}  # fmt: skip
+
+
+def print_ensemble_result(result: EnsembleResult) -> None:
+    """Notes, the table, and where the file and MLflow run are."""
+    from lightning_prune.console import console
+
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    title = (f"lightning-prune ensemble: top {len(result.members)}, {result.weighting} weights, "
+             f"{result.ensemble.combine} average")  # fmt: skip
+    console.print(report_table(result.report, title))
+    if result.artifact:
+        console.print(f"Ensemble file: {result.artifact} (lightning_prune.ensembles.load_ensemble)")
+    if result.run_id:
+        where = f" at {result.tracking_uri}" if result.tracking_uri else ""
+        console.print(f"Recorded: MLflow run {result.run_id}{where}; model {result.model_uri}")
+
+
+__all__ = [
+    "EnsembleResult",
+    "SelectionError",
+    "fit_ensemble",
+    "print_ensemble_result",
+    "run_ensemble",
+    "study_location",
+]

@@ -1,0 +1,154 @@
+"""Which weights are prunable, and the boolean masks that keep pruned weights at exactly zero.
+
+Masks live here (in the callback's state), never on the model: the model's `state_dict` keeps
+its plain keys, so a pruned checkpoint loads into the unpruned architecture without this package.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+OPTIMIZER_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+
+
+@dataclass(frozen=True)
+class PrunableParam:
+    """One prunable weight: its parameter name, owning module and whether it is the output layer."""
+
+    name: str
+    module_name: str
+    module: nn.Module
+    param: nn.Parameter
+    is_output: bool = False
+
+    @property
+    def kind(self) -> str:
+        return "conv" if isinstance(self.module, nn.Conv2d) else "linear"
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
+
+
+def select_params(
+    model: nn.Module, include: Sequence[str], exclude: Sequence[str]
+) -> list[PrunableParam]:
+    """Weights of Linear/Conv2d modules whose name matches `include` and not `exclude`.
+
+    The last matched module (in registration order) is flagged as the output layer, which gets
+    a higher density floor. Raises a ValueError naming `include` when nothing matches.
+    """
+    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
+    chosen = [
+        (n, m)
+        for n, m in candidates
+        if _matches(n, include) and not _matches(n, exclude) and m.weight is not None
+    ]
+    if not chosen:
+        names = [n for n, _ in candidates]
+        raise ValueError(
+            f"AdaptivePruning: no parameter matched include={list(include)} "
+            f"(exclude={list(exclude)}); prunable Linear/Conv2d modules are {names[:20]}"
+            + (" ..." if len(names) > 20 else "")
+        )
+    last = len(chosen) - 1
+    return [
+        PrunableParam(
+            name=f"{n}.weight" if n else "weight",
+            module_name=n,
+            module=m,
+            param=m.weight,
+            is_output=i == last,
+        )
+        for i, (n, m) in enumerate(chosen)
+    ]
+
+
+class MaskStore:
+    """Boolean keep-masks per parameter name, with cached float copies for the hot path."""
+
+    def __init__(self, params: Sequence[PrunableParam]) -> None:
+        self.params = {p.name: p for p in params}
+        self.masks: dict[str, torch.Tensor] = {
+            p.name: torch.ones_like(p.param, dtype=torch.bool) for p in params
+        }
+        self._float: dict[str, torch.Tensor] = {}
+        self.pruned_float: dict[str, torch.Tensor] = {}  # 1 where pruned (DNS shadow updates)
+        self._refresh_float()
+
+    def _refresh_float(self) -> None:
+        self._float = {
+            n: m.to(dtype=self.params[n].param.dtype, device=self.params[n].param.device)
+            for n, m in self.masks.items()
+        }
+        self.pruned_float = {n: 1.0 - m for n, m in self._float.items()}
+
+    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        """Replace masks (same names and shapes) and refresh the cached float copies."""
+        for name, mask in masks.items():
+            if name not in self.masks or mask.shape != self.masks[name].shape:
+                raise ValueError(f"AdaptivePruning: mask {name!r} does not match the model")
+            self.masks[name] = mask.to(dtype=torch.bool, device=self.params[name].param.device)
+        self._refresh_float()
+
+    @torch.no_grad()
+    def apply_to_weights(self) -> None:
+        """Zero every pruned weight in place (exact zeros)."""
+        for name, p in self.params.items():
+            p.param.mul_(self._float[name])
+
+    @torch.no_grad()
+    def mask_grads(self) -> None:
+        """Zero the gradient of every pruned weight so the optimizer does not move it."""
+        for name, p in self.params.items():
+            if p.param.grad is not None:
+                p.param.grad.mul_(self._float[name])
+
+    def density(self, name: str) -> float:
+        mask = self.masks[name]
+        return float(mask.sum()) / max(1, mask.numel())
+
+    def kept(self) -> int:
+        return int(sum(int(m.sum()) for m in self.masks.values()))
+
+    def total(self) -> int:
+        return int(sum(m.numel() for m in self.masks.values()))
+
+    def sparsity(self) -> float:
+        return 1.0 - self.kept() / max(1, self.total())
+
+    def to(self, device: torch.device) -> None:
+        self.masks = {n: m.to(device) for n, m in self.masks.items()}
+        self._refresh_float()
+
+
+@torch.no_grad()
+def clear_optimizer_state(
+    optimizers: Iterable[torch.optim.Optimizer],
+    params: dict[str, PrunableParam],
+    positions: dict[str, torch.Tensor],
+) -> None:
+    """Zero Adam moments / SGD momentum at `positions` (pruned or freshly regrown weights).
+
+    Without this, Adam keeps moving a pruned weight through its first moment, and a regrown
+    weight starts with a stale second moment that freezes it.
+    """
+    by_tensor = {id(params[n].param): n for n in positions if n in params}
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                name = by_tensor.get(id(p))
+                if name is None or p not in optimizer.state:
+                    continue
+                state = optimizer.state[p]
+                where = positions[name].to(p.device)
+                for key in OPTIMIZER_STATE_KEYS:
+                    value = state.get(key)
+                    if isinstance(value, torch.Tensor) and value.shape == where.shape:
+                        value.masked_fill_(where, 0)

@@ -1,0 +1,97 @@
+"""Running means of gradient, Taylor and activation statistics that some criteria need.
+
+Only the statistics a criterion asks for are collected, so magnitude pruning adds no per-step cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from lightning_prune.pruning.masks import PrunableParam
+
+STATISTICS = ("grad", "taylor", "activation")
+
+
+class RunningStats:
+    """Exponential running means, keyed by parameter name.
+
+    - `grad[name]`: mean |g| per weight (dense gradient, before masking)
+    - `taylor[name]`: mean |w * g| per weight (first-order Taylor, Molchanov et al. 2017)
+    - `act_mean[name]` / `act_positive[name]`: mean |output| and fraction of positive outputs
+      (1 - APoZ) per output neuron/channel, from forward hooks during training
+    """
+
+    def __init__(self, required: frozenset[str], momentum: float = 0.9) -> None:
+        unknown = set(required) - set(STATISTICS)
+        if unknown:
+            raise ValueError(f"unknown statistics {sorted(unknown)}; allowed: {STATISTICS}")
+        self.required = frozenset(required)
+        self.momentum = momentum
+        self.grad: dict[str, torch.Tensor] = {}
+        self.taylor: dict[str, torch.Tensor] = {}
+        self.act_mean: dict[str, torch.Tensor] = {}
+        self.act_positive: dict[str, torch.Tensor] = {}
+        self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+
+    def _ema(self, store: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> None:
+        old = store.get(name)
+        if old is None or old.shape != value.shape:
+            store[name] = value.detach().clone()
+        else:
+            old.mul_(self.momentum).add_(value.detach(), alpha=1.0 - self.momentum)
+
+    @torch.no_grad()
+    def observe_grads(self, params: Sequence[PrunableParam]) -> None:
+        """Update gradient/Taylor means; call before gradients are masked."""
+        if not self.required & {"grad", "taylor"}:
+            return
+        for p in params:
+            grad = p.param.grad
+            if grad is None:
+                continue
+            if "grad" in self.required:
+                self._ema(self.grad, p.name, grad.abs())
+            if "taylor" in self.required:
+                self._ema(self.taylor, p.name, (grad * p.param).abs())
+
+    def attach(self, params: Sequence[PrunableParam]) -> None:
+        """Register forward hooks for activation statistics (only if a criterion needs them)."""
+        self.detach()
+        if "activation" not in self.required:
+            return
+        for p in params:
+            self._hooks.append(p.module.register_forward_hook(self._make_hook(p.name)))
+
+    def _make_hook(self, name: str):
+        def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
+            if not module.training or not isinstance(output, torch.Tensor):
+                return
+            with torch.no_grad():
+                out = output.detach()
+                dims = [
+                    d for d in range(out.dim()) if d != (1 if out.dim() == 4 else out.dim() - 1)
+                ]
+                self._ema(self.act_mean, name, out.abs().mean(dim=dims))
+                self._ema(self.act_positive, name, (out > 0).float().mean(dim=dims))
+
+        return hook
+
+    def detach(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        return {
+            "grad": {k: v.cpu() for k, v in self.grad.items()},
+            "taylor": {k: v.cpu() for k, v in self.taylor.items()},
+            "act_mean": {k: v.cpu() for k, v in self.act_mean.items()},
+            "act_positive": {k: v.cpu() for k, v in self.act_positive.items()},
+        }
+
+    def load_state_dict(self, state: dict, device: torch.device | None = None) -> None:
+        for key in ("grad", "taylor", "act_mean", "act_positive"):
+            setattr(self, key, {k: v.to(device) for k, v in state.get(key, {}).items()})

@@ -1,0 +1,107 @@
+"""What pruning bought: sparsity per layer, nonzero parameters, and a FLOPs estimate.
+
+FLOPs are 2 x multiply-accumulates of Linear and Conv2d layers, measured once with forward hooks
+on an example input; a pruned layer's MACs scale with its weight density (the ideal sparse
+kernel). Other layers (BN, pooling, activations) are not counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_prune.pruning.masks import PRUNABLE_TYPES
+
+
+def layer_sparsity(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Fraction of pruned weights per parameter name."""
+    return {n: 1.0 - float(m.sum()) / max(1, m.numel()) for n, m in masks.items()}
+
+
+def nonzero_params(model: nn.Module) -> tuple[int, int]:
+    """(nonzero, total) over every parameter of the model."""
+    nonzero = total = 0
+    for p in model.parameters():
+        nonzero += int(torch.count_nonzero(p.detach()))
+        total += p.numel()
+    return nonzero, total
+
+
+@torch.no_grad()
+def measure_macs(model: nn.Module, example: Any) -> dict[str, int]:
+    """Dense MACs per Linear/Conv2d module (keyed by '<module>.weight') for one example."""
+    macs: dict[str, int] = {}
+    hooks = []
+
+    def make_hook(name: str):
+        def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
+            per_output = module.weight[0].numel()  # Linear: in; Conv2d: in/groups * kh * kw
+            batch = output.shape[0] if output.dim() > 1 else 1
+            macs[name] = macs.get(name, 0) + int(output.numel() // batch) * per_output
+
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, PRUNABLE_TYPES):
+            hooks.append(module.register_forward_hook(make_hook(f"{name}.weight")))
+    was_training = model.training
+    model.eval()
+    try:
+        if isinstance(example, Mapping):
+            model(**example)
+        elif isinstance(example, list | tuple):
+            model(*example)
+        else:
+            model(example)
+    finally:
+        for handle in hooks:
+            handle.remove()
+        model.train(was_training)
+    return macs
+
+
+def flops(macs: Mapping[str, int], densities: Mapping[str, float]) -> tuple[float, float]:
+    """(sparse, dense) FLOPs: 2 x MACs, pruned layers scaled by their density."""
+    dense = 2.0 * sum(macs.values())
+    sparse = 2.0 * sum(m * densities.get(name, 1.0) for name, m in macs.items())
+    return sparse, dense
+
+
+def render_summary(summary: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]) -> None:
+    """Print the fit-end report: a per-layer table and the controller's decisions."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="AdaptivePruning: per-layer sparsity")
+    for column in ("layer", "shape", "weights", "kept", "sparsity"):
+        table.add_column(column, justify="left" if column in ("layer", "shape") else "right")
+    for name, sparsity in summary["layer_sparsity"].items():
+        shape = tuple(shapes.get(name, ()))
+        count = int(torch.Size(shape).numel()) if shape else 0
+        kept = round(count * (1.0 - sparsity))
+        table.add_row(name, str(shape), f"{count:,}", f"{kept:,}", f"{sparsity:.2%}")
+    table.add_section()
+    total = sum(int(torch.Size(tuple(shape)).numel()) for shape in shapes.values())
+    kept_total = round(total * (1.0 - summary["sparsity"]))
+    table.add_row(
+        "all pruned layers", "", f"{total:,}", f"{kept_total:,}", f"{summary['sparsity']:.2%}"
+    )
+    console.print(table)
+    dense = summary["dense_flops"]
+    ratio = f"{dense / summary['flops']:.1f}x" if summary["flops"] else "n/a"
+    console.print(
+        f"target sparsity {summary['target']:.2%}; nonzero params "
+        f"{summary['nonzero_params']:,} / {summary['total_params']:,}; "
+        f"FLOPs {summary['flops']:,.0f} / {dense:,.0f} dense ({ratio} fewer)"
+    )
+    if summary["events"]:
+        events = Table(title="AdaptivePruning: controller decisions")
+        for column in ("step", "event", "metric", "target"):
+            events.add_column(column, justify="right")
+        for e in summary["events"]:
+            events.add_row(str(e["step"]), e["kind"], f"{e['metric']:.4f}", f"{e['target']:.4f}")
+        console.print(events)

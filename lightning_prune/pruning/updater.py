@@ -1,0 +1,134 @@
+"""One mask update: score (criterion) -> group (granularity) -> split the budget (allocation)
+-> swap pruned and kept weights (regrowth). Pure computation; the callback applies the result.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from lightning_prune.pruning.allocation import allocate, lamp_transform
+from lightning_prune.pruning.criteria import Importance
+from lightning_prune.pruning.granularity import NM, Structured, Unstructured
+from lightning_prune.pruning.masks import MaskStore, PrunableParam
+from lightning_prune.pruning.regrowth import Shadows, swap, swap_count
+from lightning_prune.pruning.running_stats import RunningStats
+
+
+class MaskUpdater:
+    """Computes new masks that reach a sparsity goal.
+
+    When the goal is above the current sparsity, kept weights are ranked by the criterion and
+    pruned weights stay pruned (then regrowth may swap some); when it is below (a back-off),
+    the pruned weights with the best growth score (shadow importance for DNS, else the dense
+    gradient) come back.
+    """
+
+    def __init__(
+        self,
+        criterion: Importance,
+        granularity: Unstructured | Structured | NM,
+        allocation: str,
+        min_density: float,
+        output_min_density: float,
+        regrowth: str,
+        regrow_fraction: float,
+    ) -> None:
+        self.criterion, self.granularity, self.allocation = criterion, granularity, allocation
+        self.min_density, self.output_min_density = min_density, output_min_density
+        self.regrowth, self.regrow_fraction = regrowth, regrow_fraction
+
+    def floor(self, param: PrunableParam) -> float:
+        if param.is_output:
+            return 1.0 if isinstance(self.granularity, Structured) else self.output_min_density
+        return self.min_density
+
+    def _raw_scores(
+        self, store: MaskStore, stats: RunningStats, shadows: Shadows | None
+    ) -> dict[str, torch.Tensor]:
+        weights = {}
+        for name, p in store.params.items():
+            weight = p.param.detach()
+            if shadows is not None:
+                weight = shadows.effective(name, weight, store.masks[name])
+            weights[name] = weight
+        return self.criterion.score_all(list(store.params.values()), weights, stats)
+
+    def _growth_scores(
+        self, store: MaskStore, stats: RunningStats, raw: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        if self.regrowth == "dns":
+            return raw
+        scores = {}
+        for name, p in store.params.items():
+            if name in stats.grad:
+                scores[name] = stats.grad[name]
+            elif p.param.grad is not None:
+                scores[name] = p.param.grad.detach().abs()
+            else:
+                scores[name] = raw[name]
+        return scores
+
+    @torch.no_grad()
+    def update(
+        self,
+        store: MaskStore,
+        stats: RunningStats,
+        shadows: Shadows | None,
+        goal: float,
+        step: int,
+        swap_end_step: int,
+    ) -> dict[str, torch.Tensor]:
+        """New bool masks (per parameter name) at sparsity `goal`."""
+        raw = self._raw_scores(store, stats, shadows)
+        growing = goal < store.sparsity() - 1e-9
+        growth = (
+            self._growth_scores(store, stats, raw) if growing or self.regrowth != "none" else {}
+        )
+        if isinstance(self.granularity, NM):
+            return self._update_nm(store, raw, growth, goal, growing)
+        gran = self.granularity
+        group_raw, composite, sizes, floors = {}, {}, {}, {}
+        for name, p in store.params.items():
+            scores = gran.group_scores(p, raw[name])
+            group_raw[name] = scores
+            ranked = lamp_transform(scores) if self.allocation == "lamp" else scores
+            kept = gran.groups_of(p, store.masks[name])
+            if growing:
+                grow = gran.group_scores(p, growth[name]).float()
+                composite[name] = torch.where(kept, torch.full_like(ranked, math.inf), grow)
+            else:
+                composite[name] = torch.where(kept, ranked, torch.full_like(ranked, -math.inf))
+            sizes[name] = gran.group_size(p)
+            floors[name] = self.floor(p)
+        method = "global" if self.allocation == "lamp" else self.allocation
+        keep = allocate(composite, sizes, goal, method, floors)
+        if self.regrowth != "none" and not growing:
+            keep = self._swap(store, keep, group_raw, growth, step, swap_end_step)
+        return {name: gran.expand(store.params[name], k) for name, k in keep.items()}
+
+    def _swap(self, store, keep, group_raw, growth, step, end_step) -> dict[str, torch.Tensor]:
+        out = {}
+        for name, k in keep.items():
+            p = store.params[name]
+            if self.floor(p) >= 1.0:
+                out[name] = k
+                continue
+            kept, pruned = int(k.sum()), int((~k).sum())
+            count = swap_count(kept, pruned, self.regrow_fraction, step, end_step)
+            grow = self.granularity.group_scores(p, growth[name]).float()
+            out[name] = swap(k, group_raw[name], grow, count, require_better=self.regrowth == "dns")
+        return out
+
+    def _update_nm(self, store, raw, growth, goal, growing) -> dict[str, torch.Tensor]:
+        gran = self.granularity
+        per_block = min(gran.m - gran.n, int(round(goal * gran.m)))
+        masks = {}
+        for name, mask in store.masks.items():
+            if growing:
+                rank = torch.where(mask, torch.full_like(raw[name], math.inf), growth[name].float())
+            else:
+                rank = torch.where(mask, raw[name], torch.full_like(raw[name], -1.0))
+            masks[name] = gran.mask(rank, per_block)
+        return masks

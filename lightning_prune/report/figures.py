@@ -1,0 +1,121 @@
+"""The report's figures, drawn from plain data so they do not depend on where it came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+STATE_STYLE = {
+    "COMPLETE": ("tab:blue", "o", "complete"),
+    "PRUNED": ("tab:orange", "x", "pruned early"),
+    "FAIL": ("tab:red", "v", "failed"),
+}
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points (sparsity, accuracy) not dominated when both are maximised, by sparsity."""
+    front = [p for p in points if not any(q[0] >= p[0] and q[1] >= p[1] and q != p for q in points)]
+    return sorted(set(front))
+
+
+def accuracy_vs_sparsity(
+    points: list[dict], dense_acc: float | None, path: Path, metric: str = "val_acc"
+) -> Path:
+    """Every finished trial, feasible or not, with the Pareto front and the dense line."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for feasible, colour, label in ((True, "tab:blue", "feasible"), (False, "0.6", "infeasible")):
+        chosen = [p for p in points if p["feasible"] == feasible]
+        if chosen:
+            ax.scatter([100 * p["sparsity"] for p in chosen],
+                       [100 * p["acc"] for p in chosen], c=colour, label=f"trial ({label})",
+                       s=28, zorder=2)  # fmt: skip
+    front = pareto_front([(p["sparsity"], p["acc"]) for p in points])
+    if front:
+        ax.step([100 * s for s, _ in front], [100 * a for _, a in front], where="post",
+                c="tab:green", lw=2, label="Pareto front", zorder=3)  # fmt: skip
+    if dense_acc is not None:
+        ax.axhline(100 * dense_acc, c="k", ls="--", lw=1, label=f"dense ({100 * dense_acc:.2f}%)")
+    ax.set_xlabel("sparsity of prunable weights (%)")
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title("Accuracy vs sparsity, all finished trials")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left", fontsize=8)
+    return _save(fig, path)
+
+
+def layer_sparsity(layers: dict[str, float], path: Path, title: str) -> Path:
+    """Per-layer sparsity bars: where the search put the zeros."""
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(layers) + 1.6))
+    names = list(layers)
+    values = [100 * layers[n] for n in names]
+    bars = ax.barh(names, values, color="tab:purple")
+    ax.bar_label(bars, labels=[f"{v:.1f}%" for v in values], padding=3, fontsize=8)
+    ax.set_xlim(0, 110)
+    ax.invert_yaxis()
+    ax.set_xlabel("sparsity (% of the layer's weights that are zero)")
+    ax.set_title(title)
+    return _save(fig, path)
+
+
+def optimisation_history(trials: list[dict], path: Path, metric: str = "val_acc") -> Path:
+    """Objective per trial, coloured by state, with the best feasible value so far."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    for state, (colour, marker, label) in STATE_STYLE.items():
+        chosen = [t for t in trials if t["state"] == state and t["value"] is not None]
+        if chosen:
+            ax.scatter([t["number"] for t in chosen], [100 * t["value"] for t in chosen],
+                       c=colour, marker=marker, label=label, zorder=2)  # fmt: skip
+    best, xs, ys = None, [], []
+    for t in sorted(trials, key=lambda t: t["number"]):
+        if t["state"] == "COMPLETE" and t["feasible"] and t["value"] is not None:
+            best = t["value"] if best is None else max(best, t["value"])
+        if best is not None:
+            xs.append(t["number"])
+            ys.append(100 * best)
+    if xs:
+        ax.step(xs, ys, where="post", c="tab:green", label="best feasible so far")
+    ax.set_xlabel("trial number")
+    ax.set_ylabel(f"{metric} (%) (pruned: last reported)")
+    ax.set_title("Optimisation history")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def parameter_importances(importances: dict[str, float], path: Path) -> Path:
+    """fANOVA-style importances of the searched parameters for the objective."""
+    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(importances) + 1.6))
+    names = list(importances)
+    ax.barh(names, [importances[n] for n in names], color="tab:cyan")
+    ax.invert_yaxis()
+    ax.set_xlabel("importance for the objective (fraction of explained variance)")
+    ax.set_title("Parameter importances")
+    return _save(fig, path)
+
+
+def ensemble_comparison(rows: list[dict], path: Path) -> Path:
+    """Test accuracy of the ensemble, each member, and the dense model, with their sizes."""
+    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(rows) + 1.6))
+    colours = {"ensemble": "tab:green", "member": "tab:blue", "dense": "0.4"}
+    names = [r["name"] for r in rows]
+    values = [100 * r["test_acc"] for r in rows]
+    bars = ax.barh(names, values, color=[colours.get(r["kind"], "tab:blue") for r in rows])
+    labels = [f"{v:.2f}%  ({r['nonzero']:,} nonzero)" for v, r in zip(values, rows, strict=True)]
+    ax.bar_label(bars, labels=labels, padding=3, fontsize=8)
+    low = min(values) - 3
+    ax.set_xlim(low, max(values) + (max(values) - low) * 0.6)
+    ax.invert_yaxis()
+    ax.set_xlabel("test accuracy (%)")
+    ax.set_title("Ensemble vs its members vs dense")
+    return _save(fig, path)

@@ -1,0 +1,217 @@
+"""One trial: suggested recipe -> trial config -> fit with the reporter -> recorded result.
+
+Returns the objective value(s) and leaves in the trial's user attributes what the
+ensembles step reads (`checkpoint`, `mlflow_run_id`, `sparsity`, `nonzero_params`,
+`flops`, `val_acc`, `test_acc`); the demand becomes Optuna constraints
+(`trial.set_constraint`, feasible when every value <= 0).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from lightning_prune.search import space
+from lightning_prune.search.reporter import TrialReporter
+from lightning_prune.search.runs import TrialRun
+from lightning_prune.search.storage import worker_id
+from omegaconf import DictConfig
+from torch import nn
+
+from lightning_prune.checkpoint import save_model
+from lightning_prune.train import build_components, fit_and_test
+
+DEMANDS = ("min_sparsity", "max_nonzero_params", "max_flops", "max_latency_ms")
+
+
+class SearchInterrupted(Exception):
+    """Ctrl-C stopped the running trial; the study stops after recording it."""
+
+
+class TrialFailed(Exception):
+    """A trial that ran but cannot be scored; `reason` goes to Optuna and MLflow."""
+
+
+@dataclass
+class SearchContext:
+    """What every trial of a study shares (picklable into worker processes)."""
+
+    cfg: DictConfig
+    params: list[space.Param]
+    parent_run_id: str
+    stop_event: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def multi(self) -> bool:
+        return self.cfg.search.objective == "pareto"
+
+    def trial_dir(self, number: int) -> Path:
+        root = Path(self.cfg.output_dir) / "studies" / self.cfg.search.study_name
+        return (root / f"trial_{number}").resolve()
+
+
+def _dense_stats(model: nn.Module) -> dict[str, Any]:
+    weights = [p for p in model.parameters() if p.dim() > 1]
+    total = sum(p.numel() for p in weights)
+    nonzero = sum(int((p != 0).sum()) for p in weights)
+    return {"sparsity": 1 - nonzero / max(total, 1), "nonzero_params": nonzero, "flops": None}
+
+
+def model_stats(model: nn.Module, summary: dict[str, Any] | None) -> dict[str, Any]:
+    """Sparsity, nonzero parameters and FLOPs (from the pruning summary when pruned)."""
+    if not summary:
+        return _dense_stats(model)
+    return {k: summary.get(k) for k in ("sparsity", "nonzero_params", "flops")}
+
+
+def latency_ms(model: nn.Module) -> float:
+    """Median CPU milliseconds for one image, one thread (the deployment-like case)."""
+    from lightning_prune.export import measure_latency
+
+    shape = tuple(model.example_input_array.shape[1:])
+    return float(measure_latency(model, shape, batch_size=1, repeats=30)["median_ms"])
+
+
+def set_constraints(trial: optuna.Trial, demand: dict[str, Any], stats: dict[str, Any]) -> bool:
+    """One constraint per stated demand, scaled to be comparable; True when feasible."""
+    checks = {
+        "min_sparsity": lambda d: d - stats["sparsity"],
+        "max_nonzero_params": lambda d: (stats["nonzero_params"] - d) / d,
+        "max_flops": lambda d: (stats["flops"] - d) / d,
+        "max_latency_ms": lambda d: (stats["latency_ms"] - d) / d,
+    }
+    feasible = True
+    for key, bound in demand.items():
+        if bound is None:
+            continue
+        needed = {"max_flops": "flops", "max_latency_ms": "latency_ms"}.get(key)
+        if needed and stats.get(needed) is None:
+            raise TrialFailed(
+                f"search.demand.{key} needs {needed}, which this run did not "
+                "measure (FLOPs come from the pruning callback)"
+            )
+        violation = float(checks[key](float(bound)))
+        trial.set_constraint(key, violation)
+        feasible = feasible and violation <= 0
+    return feasible
+
+
+def _record(trial: optuna.Trial, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        trial.set_user_attr(key, value)
+
+
+def _measure(ctx: SearchContext, model: nn.Module, summary: dict | None) -> dict[str, Any]:
+    stats = model_stats(model, summary)
+    demand = dict(ctx.cfg.search.demand or {})
+    if demand.get("max_latency_ms") is not None or (
+        ctx.multi and ctx.cfg.search.pareto_with == "latency"
+    ):
+        stats["latency_ms"] = latency_ms(model)
+    return stats
+
+
+def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float | list[float]:
+    """Train one recipe; raise TrialPruned, TrialFailed or SearchInterrupted, or return."""
+    # Sampled `start=0` is a legitimate recipe: its per-trial warning is noise here.
+    warnings.filterwarnings("ignore", message="AdaptivePruning: pruning started before")
+    trial.set_user_attr("worker", worker_id())
+    chosen = space.suggest(trial, ctx.params)
+    trial_cfg = space.apply_overrides(ctx.cfg, space.trial_overrides(ctx.params, chosen))
+    run = TrialRun(ctx.cfg, ctx.parent_run_id, trial)
+    trial.set_user_attr("mlflow_run_id", run.run_id)
+    run.log_params({**chosen, "trial_number": trial.number})
+    start = time.perf_counter()
+    state, reason = "FAIL", ""
+    metrics: dict[str, Any] = {}
+    try:
+        values = _fit(trial, ctx, trial_cfg, run, metrics)
+        state = "COMPLETE"
+        return values
+    except optuna.TrialPruned:
+        state = "PRUNED"
+        raise
+    except SearchInterrupted:
+        reason = "interrupted (SIGINT): stopped by the user"
+        _record(trial, {"fail_reason": reason, "interrupted": True})
+        raise
+    except Exception as err:  # the study goes on; the reason is kept on both sides
+        reason = f"{type(err).__name__}: {err}"
+        trial.set_user_attr("fail_reason", reason[:2000])
+        raise TrialFailed(reason) from err
+    finally:
+        seconds = time.perf_counter() - start
+        trial.set_user_attr("duration_s", round(seconds, 3))
+        run.finish(state, metrics, seconds, reason)
+
+
+def _fit(
+    trial: optuna.Trial,
+    ctx: SearchContext,
+    trial_cfg: DictConfig,
+    run: TrialRun,
+    metrics: dict[str, Any],
+) -> float | list[float]:
+    """Fit, measure, constrain; fills `metrics` in place (for MLflow, even when pruned)."""
+    components = build_components(trial_cfg)
+    pruning = components[2]
+    search = ctx.cfg.search
+    reporter = TrialReporter(
+        trial,
+        monitor="val_acc",
+        pruning=pruning,
+        ramp_aware=bool(search.pruner.ramp_aware),
+        enable_pruning=not ctx.multi and search.pruner.kind != "none",
+        stop_event=ctx.stop_event,
+        on_validation=run.log_point,
+        min_sparsity=(search.demand or {}).get("min_sparsity"),
+    )
+    overrides = {
+        "enable_progress_bar": bool(search.trial_progress_bar),
+        "enable_model_summary": False,
+    }
+    result = fit_and_test(
+        trial_cfg,
+        callbacks=[reporter],
+        trainer_overrides=overrides,
+        test=False,
+        components=components,
+    )
+    trial.set_user_attr("curve", reporter.curve)
+    trial.set_user_attr("epochs", len(reporter.curve))
+    if reporter.interrupted:
+        raise SearchInterrupted()
+    stats = _measure(ctx, result.model, result.pruning)
+    metrics.update({"val_acc": result.metrics.get("val_acc"), **stats})
+    _record(trial, {**stats, "val_acc": metrics["val_acc"]})
+    feasible = set_constraints(trial, dict(search.demand or {}), stats)
+    trial.set_user_attr("feasible", feasible)
+    if reporter.pruned_at is not None:
+        trial.set_user_attr("pruned_at_step", reporter.pruned_at)
+        trial.set_user_attr("pruned_reason", reporter.pruned_reason)
+        raise optuna.TrialPruned(f"pruned at step {reporter.pruned_at}")
+    val_acc = metrics["val_acc"]
+    if val_acc is None:
+        raise TrialFailed("no validation ran, so val_acc is unknown")
+    trainer = result.extra["trainer"]
+    tested = trainer.test(result.model, datamodule=components[0], verbose=False)
+    metrics["test_acc"] = float(tested[0]["test_acc"]) if tested else None
+    trial.set_user_attr("test_acc", metrics["test_acc"])
+    info = {
+        "metrics": {k: v for k, v in metrics.items() if v is not None},
+        "trial": trial.number,
+        "params": dict(trial.params),
+        "feasible": feasible,
+    }
+    path = save_model(ctx.trial_dir(trial.number) / "model.pt", result.model, trial_cfg.model, info)
+    trial.set_user_attr("checkpoint", str(path.resolve()))
+    run.log_artifact(str(path))
+    if ctx.multi:
+        second = stats["sparsity"] if search.pareto_with == "sparsity" else stats["latency_ms"]
+        return [val_acc, second]
+    return val_acc

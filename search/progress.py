@@ -1,0 +1,86 @@
+"""The study-level progress bar: it polls the storage, so it counts every worker's trials."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import optuna
+from lightning_prune.search.report import best_trials, state_counts
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+
+class StudyProgress:
+    """`with StudyProgress(study, n_trials): ...` shows finished / pruned / failed, best
+    so far and elapsed time, refreshed from the storage every `interval` seconds."""
+
+    def __init__(
+        self,
+        study: optuna.Study,
+        n_trials: int,
+        enabled: bool = True,
+        interval: float = 1.0,
+        console: Console | None = None,
+    ) -> None:
+        self.study, self.n_trials, self.enabled, self.interval = study, n_trials, enabled, interval
+        self.console = console or Console(stderr=True)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._progress: Progress | None = None
+        self._task = None
+
+    def describe(self) -> tuple[int, str]:
+        counts = state_counts(self.study)
+        done = counts["complete"] + counts["pruned"] + counts["fail"]
+        best = best_trials(self.study)
+        shown = "best -"
+        if best:
+            top = best[0]
+            shown = f"best val_acc {top.values[0]:.4f} (#{top.number})"
+            if len(self.study.directions) > 1:
+                shown = f"front {len(best)} trials"
+        text = (
+            f"finished {counts['complete']} · pruned {counts['pruned']} · "
+            f"failed {counts['fail']} · running {counts['running']} · {shown}"
+        )
+        return done, text
+
+    def _refresh(self) -> None:
+        try:
+            done, text = self.describe()
+        except Exception:  # the storage is busy: try again next tick
+            return
+        self._progress.update(self._task, completed=min(done, self.n_trials), description=text)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._refresh()
+
+    def __enter__(self) -> StudyProgress:
+        if not self.enabled:
+            return self
+        self._progress = Progress(
+            TextColumn("[bold]study"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=self.console,
+        )
+        self._task = self._progress.add_task("starting", total=self.n_trials)
+        self._progress.start()
+        self._refresh()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is None:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._refresh()
+        time.sleep(0.05)
+        self._progress.stop()

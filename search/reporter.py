@@ -1,0 +1,148 @@
+"""The trial reporter: a pytorch_lightning callback between a Trainer and an Optuna trial.
+
+optuna-integration's PyTorchLightningPruningCallback needs the `lightning` package, and
+raising TrialPruned inside `fit` would mark the run failed, so this callback only asks the
+Trainer to stop; the objective raises TrialPruned once `fit` has returned.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import optuna
+import pytorch_lightning as pl
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: the trial cannot recover."""
+
+
+class TrialReporter(pl.Callback):
+    """Report `monitor` to `trial` after each validation and stop pruned trials cleanly.
+
+    Args:
+        trial: the running Optuna trial.
+        monitor: the logged metric to report, e.g. "val_acc".
+        pruning: the AdaptivePruning callback of this run, or None for a dense run. Its
+            `ramp_progress` (0..1) and `summary()["sparsity"]` are read at each validation.
+        ramp_aware: report only once the sparsity ramp is complete (`ramp_progress >= 1`),
+            at step k = validations since the ramp ended. A trial heading for 99% sparsity
+            loses accuracy mid-ramp and recovers after: comparing it mid-ramp, or at a global
+            step where others have fine-tuned longer, would prune the wrong trial; at equal
+            recovery time the comparison is fair. Off: step = global step, every validation.
+        enable_pruning: ask the Optuna pruner (off for multi-objective studies, where
+            Optuna has no pruning).
+        stop_event: when set (Ctrl-C), the Trainer stops at the next batch.
+        on_validation: called with each curve point {step, epoch, val_acc, sparsity,
+            ramp_progress}, e.g. to log it to MLflow.
+        min_sparsity: the demand; with pruning enabled, a trial whose (fixed) target has
+            fallen below it -- sampled so, or lowered by the controller's back-offs, which
+            never raise it again -- cannot become feasible and is stopped at once.
+
+    After `fit`: `pruned_at` is the step at which the pruner stopped the trial (or None),
+    `interrupted` tells whether `stop_event` stopped it, `curve` holds every point.
+    """
+
+    def __init__(
+        self,
+        trial: optuna.Trial,
+        monitor: str = "val_acc",
+        pruning: Any = None,
+        ramp_aware: bool = True,
+        enable_pruning: bool = True,
+        stop_event: threading.Event | None = None,
+        on_validation: Callable[[dict[str, Any]], None] | None = None,
+        min_sparsity: float | None = None,
+    ) -> None:
+        self.trial = trial
+        self.monitor = monitor
+        self.pruning = pruning
+        self.ramp_aware = ramp_aware
+        self.enable_pruning = enable_pruning
+        self.stop_event = stop_event
+        self.on_validation = on_validation
+        self.min_sparsity = min_sparsity
+        self.pruned_at: int | None = None
+        self.pruned_reason = ""
+        self._post_ramp = 0
+        self.interrupted = False
+        self.curve: list[dict[str, Any]] = []
+
+    def _check_stop(self, trainer: pl.Trainer) -> None:
+        if self.stop_event is not None and self.stop_event.is_set():
+            self.interrupted = True
+            trainer.should_stop = True
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx):
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is not None and not math.isfinite(float(loss)):
+            raise NonFiniteLossError(
+                f"training loss became {float(loss)} at epoch {trainer.current_epoch}, "
+                f"step {trainer.global_step}"
+            )
+        self._check_stop(trainer)
+
+    def _ramp_progress(self) -> float:
+        return float(getattr(self.pruning, "ramp_progress", 1.0)) if self.pruning else 1.0
+
+    def _sparsity(self) -> float | None:
+        if self.pruning is None or not hasattr(self.pruning, "summary"):
+            return None
+        value = self.pruning.summary().get("sparsity")
+        return None if value is None else float(value)
+
+    def _hopeless(self) -> str:
+        """Why the trial can no longer meet the sparsity demand ("" while it still can)."""
+        if self.min_sparsity is None or self.pruning is None:
+            return ""
+        if getattr(getattr(self.pruning, "controller", None), "auto", False):
+            return ""  # an "auto" target may still rise
+        target = getattr(self.pruning, "target_sparsity", None)
+        if isinstance(target, int | float) and target < self.min_sparsity - 1e-9:
+            return f"infeasible: target sparsity {target:.4f} < demand {self.min_sparsity}"
+        return ""
+
+    def _stop_pruned(self, trainer: pl.Trainer, reason: str) -> None:
+        self.pruned_at = trainer.global_step
+        self.pruned_reason = reason
+        trainer.should_stop = True
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        if self.monitor not in trainer.callback_metrics:
+            available = ", ".join(sorted(trainer.callback_metrics)) or "none"
+            raise RuntimeError(
+                f"search: the monitored metric {self.monitor!r} was not logged; "
+                f"logged metrics: {available}"
+            )
+        value = float(trainer.callback_metrics[self.monitor])
+        point = {
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            self.monitor: value,
+            "sparsity": self._sparsity(),
+            "ramp_progress": self._ramp_progress(),
+        }
+        self.curve.append(point)
+        if self.on_validation is not None:
+            self.on_validation(point)
+        self._check_stop(trainer)
+        if not self.enable_pruning:
+            return
+        hopeless = self._hopeless()
+        if hopeless:
+            self._stop_pruned(trainer, hopeless)
+            return
+        if (self.ramp_aware and point["ramp_progress"] < 1.0) or not math.isfinite(value):
+            return
+        step = self._post_ramp if self.ramp_aware else trainer.global_step
+        self._post_ramp += 1
+        self.trial.report(value, step=step)
+        if self.trial.should_prune():
+            self._stop_pruned(
+                trainer, f"below the pruner's threshold at step {trainer.global_step}"
+            )

@@ -1,0 +1,149 @@
+"""`run_search(cfg)`: validate, open the study, run the workers, show progress, record.
+
+Everything that can be wrong with the request (space, storage, objective, sampler,
+pruner) is checked before the first trial; then the study runs in this process
+(workers=1) or in `search.workers` spawned processes (threads would share one GIL).
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import threading
+import time
+
+import optuna
+import torch
+from lightning_prune.search import runs, space
+from lightning_prune.search.objective import DEMANDS, SearchContext
+from lightning_prune.search.progress import StudyProgress
+from lightning_prune.search.storage import check_storage, counted_trials, fail_stale
+from lightning_prune.search.worker import (
+    install_sigint,
+    make_pruner,
+    make_sampler,
+    open_study,
+    torch_threads,
+    work,
+    worker_main,
+)
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_prune.config import ConfigError
+
+
+def validate(cfg: DictConfig) -> list[space.Param]:
+    """Every check that needs no training; raises ConfigError naming the entry."""
+    if "search" not in cfg:
+        raise ConfigError("no `search` config group; add `- search: default` to the defaults")
+    search = cfg.search
+    params = space.parse_space(cfg)
+    check_storage(search.storage, search.workers)
+    if not isinstance(search.n_trials, int) or search.n_trials < 1:
+        raise ConfigError(f"search.n_trials must be an integer >= 1, got {search.n_trials!r}")
+    threads = search.get("torch_threads")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ConfigError(f"search.torch_threads must be an integer >= 1 or null, got {threads!r}")
+    if search.timeout is not None and float(search.timeout) <= 0:
+        raise ConfigError(f"search.timeout must be > 0 seconds or null, got {search.timeout!r}")
+    demand = dict(search.demand or {})
+    for key, value in demand.items():
+        if key not in DEMANDS:
+            raise ConfigError(f"search.demand.{key} is unknown; allowed: {', '.join(DEMANDS)}")
+        if value is not None and (not isinstance(value, int | float) or value <= 0):
+            raise ConfigError(f"search.demand.{key} must be a positive number, got {value!r}")
+    if demand.get("min_sparsity") is not None and not demand["min_sparsity"] < 1:
+        raise ConfigError(f"search.demand.min_sparsity must be < 1, got {demand['min_sparsity']}")
+    make_sampler(search)
+    make_pruner(search)
+    from lightning_prune.search.worker import directions
+
+    directions(search)
+    return params
+
+
+def _spawn(cfg: DictConfig, parent_run_id: str, index: int, deadline: float | None):
+    """One worker process; spawned, not forked: a fresh interpreter with its own threads."""
+    context = multiprocessing.get_context("spawn")
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    proc = context.Process(
+        target=worker_main,
+        args=(cfg_dict, parent_run_id, index, deadline),
+        name=f"search-worker-{index}",
+    )
+    proc.start()
+    return proc
+
+
+def _supervise(
+    cfg: DictConfig,
+    study: optuna.Study,
+    procs: list,
+    stop: threading.Event,
+    parent_run_id: str,
+    deadline: float | None,
+) -> str:
+    """Wait for the workers; replace one that died (its trial is re-queued) until done."""
+    respawns_left = int(cfg.search.workers) * (int(cfg.search.max_retry) + 1)
+    forwarded = False
+    while any(p.is_alive() for p in procs):
+        time.sleep(0.5)
+        if stop.is_set():
+            if not forwarded:  # `kill -INT <pid>` reaches only us; a terminal reaches all
+                for proc in procs:
+                    if proc.is_alive() and proc.pid:
+                        os.kill(proc.pid, signal.SIGINT)
+                forwarded = True
+            continue
+        for i, proc in enumerate(procs):
+            if proc.exitcode not in (None, 0, 130) and respawns_left > 0:
+                fail_stale(study, cfg.search.max_retry)
+                respawns_left -= 1
+                procs[i] = _spawn(cfg, parent_run_id, i + len(procs), deadline)
+    if stop.is_set() or any(p.exitcode == 130 for p in procs):
+        return "interrupted"
+    return _outcome(study, int(cfg.search.n_trials), deadline)
+
+
+def _outcome(study: optuna.Study, n_trials: int, deadline: float | None) -> str:
+    trials = counted_trials(study.get_trials(deepcopy=False))
+    if sum(t.state.is_finished() for t in trials) >= n_trials:
+        return "done"
+    return "timeout" if deadline is not None and time.time() >= deadline else "incomplete"
+
+
+def run_search(cfg: DictConfig) -> optuna.Study:
+    """Run (or resume, or join) the study described by `cfg.search`; return it.
+
+    Single objective: `trial.value` is val_acc; `trial.constraints` hold one value per
+    stated demand (feasible when all <= 0), so `study.best_trial` is the best feasible one.
+    Pareto: `trial.values` = [val_acc, sparsity] (or [val_acc, latency_ms]).
+    """
+    params = validate(cfg)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = open_study(cfg, create=True)
+    parent_run_id = runs.start_parent(cfg, study)
+    ctx = SearchContext(cfg, params, parent_run_id)
+    timeout = cfg.search.timeout
+    deadline = time.time() + float(timeout) if timeout is not None else None
+    previous = install_sigint(ctx.stop_event)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(torch_threads(cfg.search))
+    progress = StudyProgress(study, int(cfg.search.n_trials), enabled=bool(cfg.search.progress))
+    outcome = "interrupted"
+    try:
+        with progress:
+            if int(cfg.search.workers) == 1:
+                outcome = work(study, ctx, deadline)
+            else:
+                workers = range(int(cfg.search.workers))
+                procs = [_spawn(cfg, parent_run_id, i, deadline) for i in workers]
+                outcome = _supervise(cfg, study, procs, ctx.stop_event, parent_run_id, deadline)
+    finally:
+        torch.set_num_threads(threads)
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+        runs.finish_parent(cfg, study, parent_run_id, interrupted=outcome == "interrupted")
+    study.set_user_attr("last_outcome", outcome)
+    return study
