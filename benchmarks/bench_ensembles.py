@@ -25,6 +25,7 @@ from pathlib import Path
 
 import optuna
 import torch
+from common import results_dir  # noqa: E402  (benchmarks/ is on sys.path)
 from lightning_prune.ensembles import (
     WEIGHTINGS,
     evaluate_ensemble,
@@ -37,7 +38,7 @@ from lightning_prune.config import load_config
 from lightning_prune.pruning import AdaptivePruning
 from lightning_prune.train import build_components, fit_and_test
 
-RESULTS = Path(__file__).resolve().parent / "results"
+RESULTS = results_dir()
 SPARSITY = 0.96  # 4% of the weights per member (+ biases): five members < 25% of one dense model
 RECIPES = [
     {"criterion": "magnitude", "schedule": "cubic", "regrowth": "none"},

@@ -28,11 +28,13 @@ from torch.nn.utils import prune
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common import results_dir  # noqa: E402  (benchmarks/ is on sys.path)
+
 from lightning_prune.data import FashionMNISTDataModule  # noqa: E402
 from lightning_prune.models import Classifier  # noqa: E402
 from lightning_prune.pruning import AdaptivePruning  # noqa: E402
 
-RESULTS = REPO / "benchmarks" / "results"
+RESULTS = results_dir()
 METHODS = {
     "adaptive": "",
     "modelpruning": "ModelPruning (global L1)",

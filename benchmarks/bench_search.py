@@ -22,12 +22,13 @@ import warnings
 from pathlib import Path
 
 import optuna
+from common import results_dir  # noqa: E402  (benchmarks/ is on sys.path)
 from lightning_prune.search import best_trials, run_search
 from optuna.trial import TrialState
 
 from lightning_prune.config import load_config
 
-RESULTS = Path(__file__).parent / "results"
+RESULTS = results_dir()
 
 
 def settings(quick: bool) -> dict:

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 import torch
 import torch_pruning as tp
+from common import results_dir  # noqa: E402  (benchmarks/ is on sys.path)
 from torch import nn
 
 from lightning_prune.data import FashionMNISTDataModule
@@ -56,7 +57,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--repeats", type=int, default=50, help="latency repeats per setting")
     parser.add_argument("--threads", type=int, default=1, help="torch/onnxruntime threads")
-    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/structured.md"))
+    parser.add_argument("--out", type=Path, default=results_dir() / "structured.md")
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test settings")
     args = parser.parse_args()
     if args.quick:
@@ -196,10 +197,9 @@ def main() -> None:
     )
     text = f"# Structured pruning: dense vs compacted\n\n{settings}\n\n{table(rows)}\n"
     print(text)
-    if not args.quick:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-        print(f"wrote {args.out}")
+    out = args.out.with_name("structured_quick.md") if args.quick else args.out
+    out.write_text(text)
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

@@ -124,8 +124,10 @@ def run_ensemble(cfg: DictConfig) -> EnsembleResult:
                                latency_batch=options.latency_batch)  # fmt: skip
     settings = {"study": study.study_name, "storage": storage, **_plain(options)}
     path = Path(options.output or output_dir / f"{study.study_name}-{options.weighting}.pt")
+    evaluation = {"rows": report.rows, "ensemble": report.ensemble, "costs": report.costs}
     artifact = save_ensemble(path, ensemble, [m.model_config for m in members],
-                             [m.summary() for m in members], settings)  # fmt: skip
+                             [m.summary() for m in members],
+                             {**settings, "evaluation": evaluation})  # fmt: skip
     result = EnsembleResult(
         ensemble, members, report, selection.notes, artifact,
         tracking_uri=uri, weighting=options.weighting,

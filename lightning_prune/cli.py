@@ -65,6 +65,13 @@ def _report(cfg: DictConfig) -> int:
               "and search.storage)", file=sys.stderr)  # fmt: skip
         return NOT_YET
     print_report(study, top_k=int(cfg.search.top_k))
+    from lightning_prune.report import run_report
+
+    report = run_report(cfg)
+    print(
+        f"Report: {report.markdown} with {len(report.figures)} figures "
+        f"({', '.join(p.name for p in report.figures.values())}); also in the study's MLflow run"
+    )
     return 0
 
 
@@ -118,10 +125,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _quiet_libraries() -> None:
     """Keep the terminal for our own tables: hide library banners and known deprecations."""
+    import pytorch_lightning  # noqa: F401  (sets its own log level on import: do it first)
+
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    warnings.filterwarnings("ignore", message=r".*(LeafSpec|log_every_n_steps|num_workers).*")
+    warnings.filterwarnings(
+        "ignore", message=r".*(LeafSpec|log_every_n_steps|num_workers|Heartbeat of storage).*"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

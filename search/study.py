@@ -16,6 +16,7 @@ import time
 import optuna
 import torch
 from lightning_prune.search import runs, space
+from lightning_prune.search.dense import ensure_dense_reference
 from lightning_prune.search.objective import DEMANDS, SearchContext
 from lightning_prune.search.progress import StudyProgress
 from lightning_prune.search.storage import check_storage, counted_trials, fail_stale
@@ -124,6 +125,8 @@ def run_search(cfg: DictConfig) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(cfg, create=True)
     parent_run_id = runs.start_parent(cfg, study)
+    if cfg.search.get("dense_reference", True):
+        ensure_dense_reference(cfg, study, parent_run_id)
     ctx = SearchContext(cfg, params, parent_run_id)
     timeout = cfg.search.timeout
     deadline = time.time() + float(timeout) if timeout is not None else None

@@ -94,12 +94,12 @@ def optimisation_history(trials: list[dict], path: Path, metric: str = "val_acc"
 
 
 def parameter_importances(importances: dict[str, float], path: Path) -> Path:
-    """fANOVA-style importances of the searched parameters for the objective."""
+    """How much each searched parameter mattered for the objective."""
     fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(importances) + 1.6))
     names = list(importances)
     ax.barh(names, [importances[n] for n in names], color="tab:cyan")
     ax.invert_yaxis()
-    ax.set_xlabel("importance for the objective (fraction of explained variance)")
+    ax.set_xlabel("importance for the objective (Optuna PED-ANOVA, sums to 1)")
     ax.set_title("Parameter importances")
     return _save(fig, path)
 

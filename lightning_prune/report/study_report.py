@@ -173,3 +173,35 @@ def _log(study: optuna.Study, report: Report) -> None:
     client = MlflowClient(uri)
     for path in [report.markdown, *report.figures.values()]:
         client.log_artifact(run_id, str(path), artifact_path="report")
+
+
+def latest_ensemble(folder: Path, study_name: str) -> list[dict[str, Any]] | None:
+    """Comparison rows of the newest saved ensemble of the study, if any."""
+    files = sorted(folder.glob(f"{study_name}-*.pt"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return None
+    saved = torch.load(files[-1], map_location="cpu", weights_only=True)
+    evaluation = saved.get("info", {}).get("evaluation")
+    if not evaluation:
+        return None
+    costs = evaluation["costs"]
+    rows = [{"name": f"ensemble ({saved['info'].get('weighting', '')})", "kind": "ensemble",
+             "test_acc": evaluation["ensemble"]["test_acc"],
+             "nonzero": int(costs["nonzero_params"])}]  # fmt: skip
+    rows += [{"name": r["name"], "kind": "member", "test_acc": r["test_acc"],
+              "nonzero": int(r["nonzero_params"])} for r in evaluation["rows"]]  # fmt: skip
+    return rows
+
+
+def run_report(cfg) -> Report:
+    """The command: open the study named by `search.*`, write the report, log it."""
+    from lightning_prune.search import load_study
+
+    study = load_study(cfg.search.storage, cfg.search.study_name)
+    ensemble = latest_ensemble(Path(cfg.output_dir) / "ensembles", study.study_name)
+    dense = study.user_attrs.get("dense_reference")
+    if ensemble and dense and dense.get("test_acc") is not None:
+        ensemble.append({"name": "dense model", "kind": "dense", "test_acc": dense["test_acc"],
+                         "nonzero": int(dense["params"])})  # fmt: skip
+    folder = Path(cfg.output_dir) / "reports" / study.study_name
+    return build_report(study, folder, ensemble=ensemble, top_k=int(cfg.search.top_k))
