@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_prune.config import ConfigError, config_groups, load_config
 
-NOT_YET = 2
+USAGE_ERROR = 2  # bad input: nothing ran
 
 
 def _train(cfg: DictConfig) -> int:
@@ -33,7 +33,7 @@ def _ensemble(cfg: DictConfig) -> int:
         result = run_ensemble(cfg)
     except (SelectionError, OutputSizeError) as err:
         print(f"lightning-prune ensemble: error: {err}", file=sys.stderr)
-        return NOT_YET
+        return USAGE_ERROR
     print_ensemble_result(result)
     return 0
 
@@ -63,7 +63,7 @@ def _report(cfg: DictConfig) -> int:
         where = f"{cfg.search.study_name!r} in {cfg.search.storage}"
         print(f"lightning-prune report: error: no study {where} (set search.study_name "
               "and search.storage)", file=sys.stderr)  # fmt: skip
-        return NOT_YET
+        return USAGE_ERROR
     print_report(study, top_k=int(cfg.search.top_k))
     from lightning_prune.report import run_report
 
@@ -83,14 +83,6 @@ def _ui(cfg: DictConfig, port: int) -> int:
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     print(f"MLflow UI for {cfg.tracking.uri} on http://127.0.0.1:{port} (Ctrl-C to stop)")
     return subprocess.call(command)
-
-
-def _not_yet(name: str) -> Callable[[DictConfig], int]:
-    def handler(cfg: DictConfig) -> int:
-        print(f"lightning-prune {name}: not available yet", file=sys.stderr)
-        return NOT_YET
-
-    return handler
 
 
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], int]]] = {
@@ -142,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.overrides)
     except ConfigError as err:
         print(f"lightning-prune {args.command}: error: {err}", file=sys.stderr)
-        return NOT_YET
+        return USAGE_ERROR
     if args.cfg:
         print(OmegaConf.to_yaml(cfg))
         return 0
@@ -152,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[args.command][1](cfg)
     except ConfigError as err:
         print(f"lightning-prune {args.command}: error: {err}", file=sys.stderr)
-        return NOT_YET
+        return USAGE_ERROR
 
 
 if __name__ == "__main__":
