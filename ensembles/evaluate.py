@@ -17,16 +17,17 @@ from rich.table import Table
 from torch import nn
 
 from lightning_prune.export import measure_latency
+from lightning_prune.pruning import stats
 
 
 def nonzero_params(model: nn.Module) -> int:
     """Parameters that are exactly nonzero (pruned weights are stored as zeros)."""
-    return int(sum(int(torch.count_nonzero(p)) for p in model.parameters()))
+    return stats.nonzero_params(model)[0]
 
 
 def total_params(model: nn.Module) -> int:
     """All parameters of the model, zero or not: the dense size."""
-    return int(sum(p.numel() for p in model.parameters()))
+    return stats.nonzero_params(model)[1]
 
 
 @torch.inference_mode()
@@ -35,26 +36,13 @@ def count_flops(model: nn.Module, example: torch.Tensor, sparse: bool = True) ->
 
     With `sparse`, only nonzero weights count: the work a sparse kernel would do.
     """
-    total = 0
-
-    def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
-        nonlocal total
-        weights = torch.count_nonzero(module.weight) if sparse else module.weight.numel()
-        if isinstance(module, nn.Linear):
-            positions = output[0].numel() // module.out_features
-        else:  # a conv weight is applied once per output position
-            positions = output[0, 0].numel()
-        total += 2 * int(weights) * positions
-
-    layers = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, layers)]
-    try:
-        model.eval()
-        model(example[:1])
-    finally:
-        for handle in handles:
-            handle.remove()
-    return total
+    macs = stats.measure_macs(model, example[:1])
+    weights = dict(model.named_parameters())
+    densities = {
+        name: float(torch.count_nonzero(weights[name])) / weights[name].numel() for name in macs
+    }
+    sparse_flops, dense_flops = stats.flops(macs, densities)
+    return int(round(sparse_flops if sparse else dense_flops))
 
 
 @dataclass

@@ -8,7 +8,6 @@ server, `tracking.uri=http://...`, needs no retries and works the same.)
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import random
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from lightning_prune.search.storage import file_lock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from omegaconf import DictConfig, OmegaConf
@@ -63,12 +63,8 @@ def _store_init_lock(uri: str) -> Iterator[None]:
         return
     path = Path(uri.removeprefix("sqlite:///"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.init.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(f"{path}.init.lock"):
+        yield
 
 
 def start_parent(cfg: DictConfig, study: optuna.Study) -> str:

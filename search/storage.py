@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import fcntl
 import os
 import socket
 import warnings
@@ -35,6 +36,17 @@ except ImportError:  # pragma: no cover
 DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
 RDB_SCHEMES = ("sqlite", "postgresql", "postgres", "mysql")
 CARRIED_ATTRS = ("params_text",)  # user attrs a retried copy keeps; the rest is per attempt
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[None]:
+    """An exclusive lock on `path` among this machine's processes (created if missing)."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ re-queued (heartbeats, or a local liveness check) and their copies run to comple
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import threading
@@ -23,6 +22,7 @@ from lightning_prune.search.storage import (
     _journal_path,
     counted_trials,
     fail_stale,
+    file_lock,
     make_storage,
     quiet_experimental,
 )
@@ -123,12 +123,8 @@ def _ask_lock(storage_url: str) -> Iterator[None]:
     if path is None:
         yield
         return
-    with open(f"{path}.ask.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(f"{path}.ask.lock"):
+        yield
 
 
 def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
