@@ -233,7 +233,7 @@ class AdaptivePruning(pl.Callback):
         if step != self._last_step:  # once per step, even with several optimizers
             self._last_step = step
             self.stats.observe_grads(list(self.store.params.values()))
-            if self.shadows is not None:
+            if self._shadows_active(step):
                 group = optimizer.param_groups[0]
                 adaptive = "betas" in group  # Adam-family: steps of about lr whatever the grad
                 self.shadows.step(
@@ -244,6 +244,13 @@ class AdaptivePruning(pl.Callback):
             if self._should_update(step):
                 self._update_masks(trainer, step)
         self.store.mask_grads()
+
+    def _shadows_active(self, step: int) -> bool:
+        """DNS shadows train only while they can still be spliced back: once something is
+        pruned, and after the ramp only if the controller may back off (regrow from them)."""
+        if self.shadows is None or self.applied_goal <= 0:
+            return False
+        return step < self.schedule.end_step or self.controller is not None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         assert self.store is not None

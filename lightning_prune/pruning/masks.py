@@ -88,6 +88,9 @@ class MaskStore:
             for n, m in self.masks.items()
         }
         self.pruned_float = {n: 1.0 - m for n, m in self._float.items()}
+        # parallel lists for the fused (torch._foreach_*) hot-path ops: one dispatch per step
+        self._weights = [p.param for p in self.params.values()]
+        self._float_list = [self._float[n] for n in self.params]
 
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
         """Replace masks (same names and shapes) and refresh the cached float copies."""
@@ -100,15 +103,15 @@ class MaskStore:
     @torch.no_grad()
     def apply_to_weights(self) -> None:
         """Zero every pruned weight in place (exact zeros)."""
-        for name, p in self.params.items():
-            p.param.mul_(self._float[name])
+        torch._foreach_mul_(self._weights, self._float_list)
 
     @torch.no_grad()
     def mask_grads(self) -> None:
         """Zero the gradient of every pruned weight so the optimizer does not move it."""
-        for name, p in self.params.items():
-            if p.param.grad is not None:
-                p.param.grad.mul_(self._float[name])
+        pairs = [(w.grad, m) for w, m in zip(self._weights, self._float_list) if w.grad is not None]
+        if pairs:
+            grads, masks = zip(*pairs)
+            torch._foreach_mul_(list(grads), list(masks))
 
     def density(self, name: str) -> float:
         mask = self.masks[name]

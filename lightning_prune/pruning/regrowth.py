@@ -75,12 +75,13 @@ class Shadows:
         With an adaptive optimizer (Adam) kept weights move about `lr` per step whatever the
         gradient's scale, so shadows take a sign step of `lr`; with SGD a plain gradient step.
         """
-        for name, p in params.items():
-            grad = p.param.grad
-            if grad is None:
-                continue
-            direction = grad.sign() if adaptive else grad
-            self.values[name].addcmul_(direction, pruned[name], value=-lr)
+        names = [n for n, p in params.items() if p.param.grad is not None]
+        if not names:
+            return
+        grads = [params[n].param.grad for n in names]
+        directions = torch._foreach_sign(grads) if adaptive else grads
+        values, where = [self.values[n] for n in names], [pruned[n] for n in names]
+        torch._foreach_addcmul_(values, directions, where, value=-lr)
 
     def effective(self, name: str, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Kept weights as they are, pruned ones at their shadow value (for scoring)."""
