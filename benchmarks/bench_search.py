@@ -1,5 +1,5 @@
 """Search benchmark: trial pruning on/off under one wall-clock budget, fairness of the
-ramp-aware pruner, and worker scaling. Prints markdown tables, writes
+sparsity-matched pruner, and worker scaling. Prints markdown tables, writes
 benchmarks/results/search.md (search_quick.md with --quick).
 
     .venv/bin/python benchmarks/bench_search.py            # ~15-20 minutes
@@ -24,6 +24,7 @@ from pathlib import Path
 import optuna
 from common import results_dir  # noqa: E402  (benchmarks/ is on sys.path)
 from lightning_prune.search import best_trials, run_search
+from lightning_prune.search.pruners import build_pruner
 from optuna.trial import TrialState
 
 from lightning_prune.config import load_config
@@ -43,9 +44,9 @@ def settings(quick: bool) -> dict:
             permutations=50,
         )
     return dict(
-        data=["data.subset=5000", "data.val_subset=1000", "data.test_subset=2000"],
-        epochs=6,
-        budget=150,
+        data=["data.subset=10000", "data.val_subset=1000", "data.test_subset=2000"],
+        epochs=10,
+        budget=240,
         seeds=[0, 1],
         workers=[1, 2, 4],
         scaling_budget=90,
@@ -116,24 +117,14 @@ def run_arm(s: dict, seed: int, pruner: str, budget: float) -> dict:
 
 
 POLICIES = {
-    "every validation, global step": ("naive", 0),
-    "after the ramp, global step": ("ramp-global", 0),
-    "after the ramp, validations since it (default)": ("ramp-since", 1),
+    "plain median (MedianPruner), no care for sparsity": "median",
+    "sparsity-matched median (default)": "matched",
 }
 
 
-def _reports(curve: list[dict], policy: str) -> list[tuple[int, float]]:
-    if policy == "naive":
-        return [(p["step"], p["val_acc"]) for p in curve]
-    after = [p for p in curve if p["ramp_progress"] >= 1.0]
-    if policy == "ramp-global":
-        return [(p["step"], p["val_acc"]) for p in after]
-    return [(k, p["val_acc"]) for k, p in enumerate(after)]
-
-
-def replay(curves: list, policy: str, warmup: int, permutations: int, seed: int):
-    """Replay complete no-pruner trials through a MedianPruner in random orders: how often is
-    the eventual best feasible trial pruned, and how many trials are pruned on average."""
+def replay(curves: list, policy: str, permutations: int, seed: int):
+    """Replay complete no-pruner trials through a pruner in random orders: how often is the
+    eventual best feasible trial pruned, and how many trials are pruned on average."""
     feasible = [c for c in curves if c[2]]
     if not feasible:
         return float("nan"), float("nan")
@@ -143,12 +134,12 @@ def replay(curves: list, policy: str, warmup: int, permutations: int, seed: int)
     for _ in range(permutations):
         order = curves[:]
         rng.shuffle(order)
-        pruner = optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=warmup)
-        study = optuna.create_study(direction="maximize", pruner=pruner)
+        study = optuna.create_study(direction="maximize", pruner=build_pruner(policy, 4, 1))
         for number, curve, _, value in order:
             trial, pruned = study.ask(), False
-            for step, val_acc in _reports(curve, policy):
-                trial.report(val_acc, step)
+            for step, point in enumerate(curve):
+                trial.set_user_attr("curve", curve[: step + 1])
+                trial.report(point["val_acc"], step)
                 if trial.should_prune():
                     pruned = True
                     break
@@ -208,9 +199,9 @@ def main() -> None:
         "| best feasible val_acc | its test_acc |",
         "|---" * 10 + "|",
     ]
-    arms: dict[str, list[dict]] = {"median (ramp-aware)": [], "none": []}
+    arms: dict[str, list[dict]] = {"matched": [], "none": []}
     for seed in s["seeds"]:
-        for arm, kind in (("median (ramp-aware)", "median"), ("none", "none")):
+        for arm, kind in (("matched", "matched"), ("none", "none")):
             r = run_arm(s, seed, kind, s["budget"])
             arms[arm].append(r)
             lines.append(
@@ -230,29 +221,29 @@ def main() -> None:
         }
         for a, rs in arms.items()
     }
-    ratio = med["median (ramp-aware)"]["trials_per_h"] / med["none"]["trials_per_h"]
+    ratio = med["matched"]["trials_per_h"] / med["none"]["trials_per_h"]
     lines += [
         "",
         f"Median over seeds: trials/h with pruner / without = **{ratio:.2f}x**; "
-        f"best feasible val_acc {_f(med['median (ramp-aware)'].get('best_val'))} vs "
+        f"best feasible val_acc {_f(med['matched'].get('best_val'))} vs "
         f"{_f(med['none'].get('best_val'))}; test_acc "
-        f"{_f(med['median (ramp-aware)'].get('best_test'))} vs "
+        f"{_f(med['matched'].get('best_test'))} vs "
         f"{_f(med['none'].get('best_test'))}.",
         "",
     ]
     lines += [
-        "## Fairness to slow ramps (replay of the no-pruner trials)",
+        "## Fairness to high targets (replay of the no-pruner trials)",
         "",
-        f"Every complete trial of the no-pruner arms replayed through "
-        f"MedianPruner(n_startup_trials=4) in {s['permutations']} random orders.",
+        f"Every complete trial of the no-pruner arms replayed through each pruner "
+        f"(n_startup_trials=4, n_warmup_steps=1) in {s['permutations']} random orders.",
         "",
         "| seed | policy | P(eventual best feasible trial pruned) | trials pruned (mean) |",
         "|---|---|---|---|",
     ]
     for seed, r in zip(s["seeds"], arms["none"], strict=True):
         n = len(r["curves"])
-        for label, (policy, warmup) in POLICIES.items():
-            p_best, mean_pruned = replay(r["curves"], policy, warmup, s["permutations"], seed)
+        for label, policy in POLICIES.items():
+            p_best, mean_pruned = replay(r["curves"], policy, s["permutations"], seed)
             lines.append(f"| {seed} | {label} | {_f(p_best, 2)} | {mean_pruned:.1f} of {n} |")
             print(lines[-1], flush=True)
     lines += [

@@ -165,7 +165,6 @@ def _fit(
         trial,
         monitor="val_acc",
         pruning=pruning,
-        ramp_aware=bool(search.pruner.ramp_aware),
         enable_pruning=not ctx.multi and search.pruner.kind != "none",
         stop_event=ctx.stop_event,
         on_validation=run.log_point,
@@ -182,7 +181,6 @@ def _fit(
         test=False,
         components=components,
     )
-    trial.set_user_attr("curve", reporter.curve)
     trial.set_user_attr("epochs", len(reporter.curve))
     if reporter.interrupted:
         raise SearchInterrupted()

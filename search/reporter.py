@@ -28,11 +28,6 @@ class TrialReporter(pl.Callback):
         monitor: the logged metric to report, e.g. "val_acc".
         pruning: the AdaptivePruning callback of this run, or None for a dense run. Its
             `ramp_progress` (0..1) and `summary()["sparsity"]` are read at each validation.
-        ramp_aware: report only once the sparsity ramp is complete (`ramp_progress >= 1`),
-            at step k = validations since the ramp ended. A trial heading for 99% sparsity
-            loses accuracy mid-ramp and recovers after: comparing it mid-ramp, or at a global
-            step where others have fine-tuned longer, would prune the wrong trial; at equal
-            recovery time the comparison is fair. Off: step = global step, every validation.
         enable_pruning: ask the Optuna pruner (off for multi-objective studies, where
             Optuna has no pruning).
         stop_event: when set (Ctrl-C), the Trainer stops at the next batch.
@@ -42,8 +37,12 @@ class TrialReporter(pl.Callback):
             fallen below it -- sampled so, or lowered by the controller's back-offs, which
             never raise it again -- cannot become feasible and is stopped at once.
 
-    After `fit`: `pruned_at` is the step at which the pruner stopped the trial (or None),
-    `interrupted` tells whether `stop_event` stopped it, `curve` holds every point.
+    Steps reported to Optuna are validation indices (0, 1, ...), the same for every trial of
+    a study. The curve so far is kept in the trial's `curve` user attribute at each
+    validation, so pruners can read the sparsity behind each reported value
+    (`SparsityMatchedPruner`). After `fit`: `pruned_at` is the global step at which the
+    pruner stopped the trial (or None), `interrupted` tells whether `stop_event` stopped it,
+    `curve` holds every point.
     """
 
     def __init__(
@@ -51,7 +50,6 @@ class TrialReporter(pl.Callback):
         trial: optuna.Trial,
         monitor: str = "val_acc",
         pruning: Any = None,
-        ramp_aware: bool = True,
         enable_pruning: bool = True,
         stop_event: threading.Event | None = None,
         on_validation: Callable[[dict[str, Any]], None] | None = None,
@@ -60,14 +58,12 @@ class TrialReporter(pl.Callback):
         self.trial = trial
         self.monitor = monitor
         self.pruning = pruning
-        self.ramp_aware = ramp_aware
         self.enable_pruning = enable_pruning
         self.stop_event = stop_event
         self.on_validation = on_validation
         self.min_sparsity = min_sparsity
         self.pruned_at: int | None = None
         self.pruned_reason = ""
-        self._post_ramp = 0
         self.interrupted = False
         self.curve: list[dict[str, Any]] = []
 
@@ -128,6 +124,7 @@ class TrialReporter(pl.Callback):
             "ramp_progress": self._ramp_progress(),
         }
         self.curve.append(point)
+        self.trial.set_user_attr("curve", self.curve)
         if self.on_validation is not None:
             self.on_validation(point)
         self._check_stop(trainer)
@@ -137,11 +134,7 @@ class TrialReporter(pl.Callback):
         if hopeless:
             self._stop_pruned(trainer, hopeless)
             return
-        if (self.ramp_aware and point["ramp_progress"] < 1.0) or not math.isfinite(value):
-            return
-        step = self._post_ramp if self.ramp_aware else trainer.global_step
-        self._post_ramp += 1
-        self.trial.report(value, step=step)
+        self.trial.report(value, step=len(self.curve) - 1)
         if self.trial.should_prune():
             self._stop_pruned(
                 trainer, f"below the pruner's threshold at step {trainer.global_step}"

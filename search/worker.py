@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import optuna
 from lightning_prune.search import space
 from lightning_prune.search.objective import SearchContext, SearchInterrupted, run_trial
+from lightning_prune.search.pruners import build_pruner
 from lightning_prune.search.storage import (
     _journal_path,
     counted_trials,
@@ -69,21 +70,14 @@ def make_sampler(search: DictConfig, offset: int = 0) -> optuna.samplers.BaseSam
 
 
 def make_pruner(search: DictConfig) -> optuna.pruners.BasePruner:
+    """The configured pruner; none for multi-objective studies (Optuna cannot prune them)."""
     p = search.pruner
-    kind = p.kind
-    if kind == "none" or search.objective == "pareto":
+    if search.objective == "pareto":
         return optuna.pruners.NopPruner()
-    if kind == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=p.n_startup_trials, n_warmup_steps=p.n_warmup_steps
-        )
-    if kind == "halving":
-        return optuna.pruners.SuccessiveHalvingPruner()
-    if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner()
-    raise ConfigError(
-        f"search.pruner.kind must be median, halving, hyperband or none, got {kind!r}"
-    )
+    try:
+        return build_pruner(p.kind, int(p.n_startup_trials), int(p.n_warmup_steps))
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def open_study(cfg: DictConfig, offset: int = 0, create: bool = False) -> optuna.Study:

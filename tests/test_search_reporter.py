@@ -18,10 +18,10 @@ BASE = [
 ]
 
 
-def _fit(trial: optuna.Trial, overrides: list[str], ramp_aware: bool = True) -> TrialReporter:
+def _fit(trial: optuna.Trial, overrides: list[str]) -> TrialReporter:
     cfg = load_config([*BASE, *overrides])
     components = build_components(cfg)
-    reporter = TrialReporter(trial, pruning=components[2], ramp_aware=ramp_aware)
+    reporter = TrialReporter(trial, pruning=components[2])
     fit_and_test(cfg, callbacks=[reporter], components=components, test=False)
     return reporter
 
@@ -41,12 +41,12 @@ def test_pruner_stops_a_bad_trial_cleanly_after_fit():
     assert len(reporter.curve) < 4  # the Trainer stopped early, fit returned normally
     study.tell(bad, state=TrialState.PRUNED)
     assert study.trials[1].state == TrialState.PRUNED
-    # A dense run has no ramp: its first validation is step 0 "since the ramp ended".
+    # Steps are validation indices: the first validation is step 0.
     assert set(study.trials[1].intermediate_values) == {0}
     assert reporter.pruned_at == reporter.curve[0]["step"]
 
 
-def test_ramp_aware_reports_only_after_the_sparsity_ramp():
+def test_reports_every_validation_with_its_sparsity_in_the_live_curve():
     prune = [
         "+pruning._target_=lightning_prune.pruning.AdaptivePruning",
         "+pruning.target_sparsity=0.9",
@@ -57,16 +57,10 @@ def test_ramp_aware_reports_only_after_the_sparsity_ramp():
         "trainer.max_epochs=3",
     ]
     study = optuna.create_study(direction="maximize")
-    aware = study.ask()
-    reporter = _fit(aware, prune, ramp_aware=True)
-    ramp = {p["step"]: p["ramp_progress"] for p in reporter.curve}
-    assert min(ramp.values()) < 1.0 <= max(ramp.values())  # the ramp ended mid-training
-    reported = study._storage.get_trial(aware._trial_id).intermediate_values
-    after_ramp = [p["val_acc"] for p in reporter.curve if p["ramp_progress"] >= 1.0]
-    # Steps count validations since the ramp ended: equal recovery time across trials.
-    assert reported == dict(enumerate(after_ramp))
-
-    naive = study.ask()
-    reporter = _fit(naive, prune, ramp_aware=False)
-    reported = study._storage.get_trial(naive._trial_id).intermediate_values
-    assert set(reported) == {p["step"] for p in reporter.curve}
+    trial = study.ask()
+    reporter = _fit(trial, prune)
+    frozen = study._storage.get_trial(trial._trial_id)
+    assert frozen.intermediate_values == {k: p["val_acc"] for k, p in enumerate(reporter.curve)}
+    sparsities = [p["sparsity"] for p in frozen.user_attrs["curve"]]
+    assert len(sparsities) == 3 and sparsities[0] < sparsities[-1]
+    assert abs(sparsities[-1] - 0.9) < 0.01
