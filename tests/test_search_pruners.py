@@ -10,7 +10,8 @@ from optuna.trial import TrialState
 
 def _completed(study: optuna.Study, values: list[float], sparsities: list[float]) -> None:
     trial = study.ask()
-    trial.set_user_attr("curve", [{"sparsity": s, "val_acc": v} for v, s in zip(values, sparsities)])
+    curve = [{"sparsity": s, "val_acc": v} for v, s in zip(values, sparsities, strict=True)]
+    trial.set_user_attr("curve", curve)
     for step, value in enumerate(values):
         trial.report(value, step)
     study.tell(trial, values[-1])

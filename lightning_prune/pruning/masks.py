@@ -108,10 +108,13 @@ class MaskStore:
     @torch.no_grad()
     def mask_grads(self) -> None:
         """Zero the gradient of every pruned weight so the optimizer does not move it."""
-        pairs = [(w.grad, m) for w, m in zip(self._weights, self._float_list) if w.grad is not None]
-        if pairs:
-            grads, masks = zip(*pairs)
-            torch._foreach_mul_(list(grads), list(masks))
+        weights, masks = self._weights, self._float_list
+        grads = [w.grad for w in weights if w.grad is not None]
+        if len(grads) == len(weights):
+            torch._foreach_mul_(grads, masks)
+        elif grads:
+            kept = [m for w, m in zip(weights, masks, strict=True) if w.grad is not None]
+            torch._foreach_mul_(grads, kept)
 
     def density(self, name: str) -> float:
         mask = self.masks[name]
