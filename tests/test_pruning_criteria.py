@@ -77,3 +77,35 @@ def test_nm_two_four_pattern_along_the_input_dimension():
     for name, mask in pruning.masks.items():
         blocks = mask.reshape(mask.shape[0], -1, 4)
         assert torch.all(blocks.sum(dim=-1) == 2), name
+
+
+class _ObservedSteps(pl.Callback):
+    """Records the steps at which the Taylor running mean changed (runs after AdaptivePruning)."""
+
+    def __init__(self, pruning: AdaptivePruning) -> None:
+        self.pruning, self.steps, self._last = pruning, [], None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        taylor = self.pruning.stats.taylor
+        current = sum(float(t.sum()) for t in taylor.values()) if taylor else None
+        if current is not None and current != self._last:
+            self.steps.append(trainer.global_step)
+        self._last = current
+
+
+def test_gradient_statistics_are_gathered_only_before_mask_updates():
+    pl.seed_everything(0)
+    pruning = AdaptivePruning(
+        target_sparsity=0.8, criterion="taylor", frequency=25, start=0.3, end=0.6,
+        monitor=None, verbose=False,
+    )  # fmt: skip
+    observed = _ObservedSteps(pruning)
+    trainer([pruning, observed], max_epochs=5).fit(classifier(), tiny_data(num_train=1024))
+    total, window = 160, pruning.stats.window  # 5 epochs of 32 batches
+    start, end = pruning.schedule.start_step, pruning.schedule.end_step
+    assert (start, end) == (48, 96) and window == 20
+    updates = range(start, end + 25, 25)  # 48, 73 and 98 (the ramp ends on time at 96)
+    expected = {s for u in updates for s in range(u - window + 1, u + 1) if s < end}
+    assert set(observed.steps) == expected  # the window before each update, nothing else
+    assert len(observed.steps) < total / 2
+    assert pruning.summary()["sparsity"] == pytest.approx(0.8, abs=2e-3)

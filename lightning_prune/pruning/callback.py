@@ -232,7 +232,8 @@ class AdaptivePruning(pl.Callback):
         step = trainer.global_step
         if step != self._last_step:  # once per step, even with several optimizers
             self._last_step = step
-            self.stats.observe_grads(list(self.store.params.values()))
+            if self._observing(step):
+                self.stats.observe_grads(self.store.param_list)
             if self._shadows_active(step):
                 group = optimizer.param_groups[0]
                 adaptive = "betas" in group  # Adam-family: steps of about lr whatever the grad
@@ -244,6 +245,16 @@ class AdaptivePruning(pl.Callback):
             if self._should_update(step):
                 self._update_masks(trainer, step)
         self.store.mask_grads()
+
+    def _observing(self, step: int) -> bool:
+        """Gradient statistics are running means with a short memory (`stats.window` steps),
+        so they are gathered only in that window before each scheduled mask update."""
+        s, window = self.schedule, self.stats.window
+        if step < s.start_step:
+            return s.start_step - step < window
+        if self.controller is None and step >= s.end_step and s.progress >= 1.0:
+            return False  # no mask update will come
+        return (-(step - s.start_step)) % self.frequency < window
 
     def _shadows_active(self, step: int) -> bool:
         """DNS shadows train only while they can still be spliced back: once something is

@@ -75,6 +75,7 @@ class MaskStore:
 
     def __init__(self, params: Sequence[PrunableParam]) -> None:
         self.params = {p.name: p for p in params}
+        self.param_list = list(params)
         self.masks: dict[str, torch.Tensor] = {
             p.name: torch.ones_like(p.param, dtype=torch.bool) for p in params
         }

@@ -1,6 +1,7 @@
 """Running means of gradient, Taylor and activation statistics that some criteria need.
 
-Only the statistics a criterion asks for are collected, so magnitude pruning adds no per-step cost.
+Only the statistics a criterion asks for are collected, so magnitude pruning adds no per-step cost;
+the callback gathers gradient statistics only in the `window` steps before each mask update.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ class RunningStats:
             raise ValueError(f"unknown statistics {sorted(unknown)}; allowed: {STATISTICS}")
         self.required = frozenset(required)
         self.momentum = momentum
+        # steps that carry 88 % of the running mean's weight (20 for momentum 0.9)
+        self.window = max(1, round(2.0 / (1.0 - momentum)))
         self.grad: dict[str, torch.Tensor] = {}
         self.taylor: dict[str, torch.Tensor] = {}
         self.act_mean: dict[str, torch.Tensor] = {}
