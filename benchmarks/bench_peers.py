@@ -186,7 +186,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95, 0.98, 0.99])
-    parser.add_argument("--preset", default="dns", help="conf/pruning preset for AdaptivePruning")
+    parser.add_argument(
+        "--preset", default="taylor_adaptive", help="conf/pruning preset for AdaptivePruning"
+    )
     parser.add_argument("--subset", type=int, default=None, help="training images (default all)")
     parser.add_argument("--finetune", type=int, default=3, help="one-shot: fine-tune epochs")
     parser.add_argument("--threads", type=int, default=2)
@@ -198,9 +200,9 @@ def main() -> None:
         help="peers to run (dense always runs: it is the reference)",
     )  # fmt: skip
     parser.add_argument(
-        "--mp-end", type=float, default=None,
-        help="ModelPruning reaches its target after this fraction of the epochs "
-        "(default: the preset's `end`, i.e. the same ramp as ours; 1.0 = at the very end)",
+        "--mp-ends", type=float, nargs="+", default=None,
+        help="ModelPruning variants: each reaches its target after this fraction of the epochs "
+        "(default: the preset's `end`, i.e. the same ramp as ours, 0.6 and 1.0 = at the end)",
     )  # fmt: skip
     args = parser.parse_args()
     if args.quick:
@@ -217,10 +219,13 @@ def main() -> None:
     achieved: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     steps: dict[str, list[float]] = defaultdict(list)
     adaptive = f"AdaptivePruning ({args.preset})"
-    mp_end = preset["end"] if args.mp_end is None else args.mp_end
+    mp_ends = sorted(set(args.mp_ends or [preset["end"], 0.6, 1.0]))
     METHODS["adaptive"] = adaptive
-    if args.mp_end is not None:
-        METHODS["modelpruning"] = f"ModelPruning (global L1, target at {100 * mp_end:g}% of epochs)"
+    labels = {"adaptive": [adaptive], "oneshot": [METHODS["oneshot"]], "modelpruning": []}
+    for end in mp_ends:
+        label = f"ModelPruning (global L1, target at {100 * end:g}% of epochs)"
+        labels["modelpruning"].append(label)
+    args.labels = [label for m in args.methods for label in labels[m]]
 
     def record(method: str, sparsity: float, result) -> None:
         accuracy, reached, times = result
@@ -249,10 +254,11 @@ def main() -> None:
             if "adaptive" in args.methods:
                 pl.seed_everything(seed, verbose=False)
                 record(adaptive, sparsity, run_adaptive(data, args.epochs, sparsity, preset))
-            if "modelpruning" in args.methods:
+            for end, label in zip(mp_ends, labels["modelpruning"], strict=True):
+                if "modelpruning" not in args.methods:
+                    break
                 pl.seed_everything(seed, verbose=False)
-                record(METHODS["modelpruning"], sparsity, run_model_pruning(
-                    data, args.epochs, sparsity, mp_end))  # fmt: skip
+                record(label, sparsity, run_model_pruning(data, args.epochs, sparsity, end))
             if "oneshot" in args.methods:
                 pl.seed_everything(seed, verbose=False)
                 record(METHODS["oneshot"], sparsity, run_oneshot(
@@ -281,11 +287,11 @@ def write_report(args, acc, achieved, steps, adaptive: str, elapsed: float) -> N
         "| dense | " + " | ".join(dense_cell for _ in args.sparsities)
         + f" | {1000 * dense_step:.2f} | 1.00x |"
     )  # fmt: skip
-    for method in [METHODS[m] for m in args.methods]:
+    for method in args.labels:
         step = statistics.median(steps[method])
         cells = " | ".join(cell(acc[method][s]) for s in args.sparsities)
         lines.append(f"| {method} | {cells} | {1000 * step:.2f} | {step / dense_step:.2f}x |")
-    lines.append("")
+    lines += ["", verdict(args, acc, adaptive), ""]
     reached = {
         m: {s: statistics.median(v) for s, v in d.items()}
         for m, d in achieved.items()
@@ -301,6 +307,26 @@ def write_report(args, acc, achieved, steps, adaptive: str, elapsed: float) -> N
     plot(args, acc)
 
 
+def verdict(args, acc, adaptive: str) -> str:
+    """Ours against the best ModelPruning variant at each sparsity, and 95 % against dense."""
+    med = {m: {s: statistics.median(v) for s, v in d.items()} for m, d in acc.items()}
+    peers = [label for label in args.labels if label.startswith("ModelPruning")]
+    parts = []
+    for s in args.sparsities:
+        if adaptive not in med or not peers or s not in med[adaptive]:
+            continue
+        best = max(med[p][s] for p in peers)
+        margin = 100 * (med[adaptive][s] - best)
+        goal = " (target >= +1: " + ("met" if margin >= 1.0 else "NOT met") + ")"
+        parts.append(f"{100 * s:g} %: {margin:+.2f}" + (goal if s >= 0.98 else ""))
+    dense = med["dense"][0.0]
+    line = "Ours minus the best ModelPruning variant (median accuracy, points): " + "; ".join(parts)
+    if 0.95 in med.get(adaptive, {}):
+        gap = 100 * (med[adaptive][0.95] - dense)
+        line += f". At 95 % vs dense: {gap:+.2f} (target >= 0: {'met' if gap >= 0 else 'NOT met'})."
+    return line
+
+
 def plot(args, acc) -> None:
     import matplotlib
 
@@ -309,7 +335,7 @@ def plot(args, acc) -> None:
 
     figure, axis = plt.subplots(figsize=(6, 4))
     xs = [100 * s for s in args.sparsities]
-    for method in [METHODS[m] for m in args.methods]:
+    for method in args.labels:
         med = [100 * statistics.median(acc[method][s]) for s in args.sparsities]
         low = [m - 100 * min(acc[method][s]) for m, s in zip(med, args.sparsities, strict=True)]
         high = [100 * max(acc[method][s]) - m for m, s in zip(med, args.sparsities, strict=True)]
