@@ -1,11 +1,12 @@
 """Ensembles of pruned LeNet-300-100 models vs their best member vs one dense model.
 
 Fashion-MNIST. Per seed: train `--members` pruned LeNet-300-100 models (96% sparse,
-recipes varying criterion / schedule / regrowth, each with its own init and data order,
-all on the same train/val/test split) with the `AdaptivePruning` callback directly (not
-through the search), record them as finished trials of a real Optuna study, select the
+recipes varying criterion / schedule / regrowth / learning rate, each with its own init
+and data order, all on the same train/val/test split) with the `AdaptivePruning` callback
+directly (not through the search), record them as finished trials of a real Optuna study, select the
 top-k by validation accuracy, fit each weighting rule on validation data, and test.
-The dense model is trained for the same epochs on the same split.
+The dense model is trained for the same epochs on the same split, with the members' best
+learning rate (by validation accuracy).
 
     python benchmarks/bench_ensembles.py            # full data, 8 epochs, 3 seeds
     python benchmarks/bench_ensembles.py --quick    # smoke test (< 1 min)
@@ -40,15 +41,16 @@ from lightning_prune.train import build_components, fit_and_test
 
 RESULTS = results_dir()
 SPARSITY = 0.96  # 4% of the weights per member (+ biases): five members < 25% of one dense model
+# Top trials of a search differ in recipe and learning rate; the members mirror that.
 RECIPES = [
-    {"criterion": "magnitude", "schedule": "cubic", "regrowth": "none"},
-    {"criterion": "taylor", "schedule": "cubic", "regrowth": "none"},
-    {"criterion": "magnitude", "schedule": "linear", "regrowth": "rigl"},
-    {"criterion": "magnitude", "schedule": "cubic", "regrowth": "rigl"},
-    {"criterion": "taylor", "schedule": "linear", "regrowth": "none"},
-    {"criterion": "magnitude", "schedule": "linear", "regrowth": "none"},
-    {"criterion": "gradient", "schedule": "cubic", "regrowth": "none"},
-    {"criterion": "taylor", "schedule": "cubic", "regrowth": "rigl"},
+    {"criterion": "taylor", "schedule": "cubic", "regrowth": "none", "lr": 1e-3},
+    {"criterion": "magnitude", "schedule": "cubic", "regrowth": "none", "lr": 2e-3},
+    {"criterion": "magnitude", "schedule": "linear", "regrowth": "rigl", "lr": 1e-3},
+    {"criterion": "taylor", "schedule": "cubic", "regrowth": "rigl", "lr": 2e-3},
+    {"criterion": "magnitude", "schedule": "cubic", "regrowth": "rigl", "lr": 5e-4},
+    {"criterion": "taylor", "schedule": "linear", "regrowth": "none", "lr": 1e-3},
+    {"criterion": "gradient", "schedule": "cubic", "regrowth": "none", "lr": 1e-3},
+    {"criterion": "magnitude", "schedule": "linear", "regrowth": "none", "lr": 2e-3},
 ]
 TRAINER = {"enable_progress_bar": False, "enable_model_summary": False}
 
@@ -70,8 +72,13 @@ def _overrides(args: argparse.Namespace, split_seed: int, model_seed: int) -> li
 
 
 def train_dense(args: argparse.Namespace, seed: int) -> float:
-    cfg = load_config(_overrides(args, seed, seed))
-    return fit_and_test(cfg, trainer_overrides=TRAINER).metrics["test_acc"]
+    """Test accuracy of the dense model with the members' best learning rate (by val_acc)."""
+    results = []
+    for lr in sorted({r["lr"] for r in RECIPES}):
+        cfg = load_config([*_overrides(args, seed, seed), f"model.lr={lr}"])
+        metrics = fit_and_test(cfg, trainer_overrides=TRAINER).metrics
+        results.append((metrics["val_acc"], metrics["test_acc"]))
+    return max(results)[1]
 
 
 def train_members(args: argparse.Namespace, seed: int, folder: Path) -> optuna.Study:
@@ -82,13 +89,14 @@ def train_members(args: argparse.Namespace, seed: int, folder: Path) -> optuna.S
     )  # fmt: skip
     for j in range(args.members):
         recipe = RECIPES[j % len(RECIPES)]
+        pruning = {k: v for k, v in recipe.items() if k != "lr"}
         member_seed = 1000 * (seed + 1) + j
-        cfg = load_config(_overrides(args, seed, member_seed))
+        cfg = load_config([*_overrides(args, seed, member_seed), f"model.lr={recipe['lr']}"])
         datamodule, model, _ = build_components(cfg)
         datamodule.prepare_data()
         datamodule.setup("fit")  # the split comes from data.seed (shared by all models) ...
         datamodule.seed = member_seed  # ... the shuffling order from this member's own seed
-        callback = AdaptivePruning(target_sparsity=SPARSITY, monitor=None, verbose=False, **recipe)
+        callback = AdaptivePruning(target_sparsity=SPARSITY, monitor=None, verbose=False, **pruning)
         result = fit_and_test(cfg, callbacks=[callback], trainer_overrides=TRAINER, test=False,
                               components=(datamodule, model, None))  # fmt: skip
         summary = callback.summary()
@@ -184,12 +192,13 @@ def markdown(rows: list[dict[str, float]], seeds: list[int], args: argparse.Name
         f"above the dense model: {'met' if over_dense > 0 else 'NOT met'}.",
         "",
         f"Settings: Fashion-MNIST {split}, "
-        f"LeNet-300-100, {args.epochs} epochs, Adam 1e-3, batch 128; {args.members} pruned members "
+        f"LeNet-300-100, {args.epochs} epochs, Adam, batch 128; {args.members} pruned members "
         f"per seed at {SPARSITY:.0%} weight sparsity (AdaptivePruning, recipes varying criterion / "
-        f"schedule / regrowth; own init and data order, shared split), top-{args.k} by validation "
-        "accuracy; weights fitted on the validation split only; test accuracy in %. Members "
-        "trained directly (not via the search), with the metric controller off (monitor=None) "
-        "so every member keeps its sparsity.",
+        "schedule / regrowth / learning rate 5e-4..2e-3; own init and data order, shared split), "
+        f"top-{args.k} by validation accuracy; weights fitted on the validation split only; "
+        "test accuracy in %. The dense model is trained with each of those learning rates and "
+        "the best by validation accuracy is kept. Members trained directly (not via the "
+        "search), with the metric controller off (monitor=None) so each keeps its sparsity.",
     ]  # fmt: skip
     return "\n".join(lines)
 
@@ -199,7 +208,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny subset, 1 epoch, 1 seed")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--members", type=int, default=6, help="pruned models trained per seed")
+    parser.add_argument("--members", type=int, default=8, help="pruned models trained per seed")
     parser.add_argument("--k", type=int, default=5, help="ensemble size (top-k by val_acc)")
     parser.add_argument("--subset", type=int, default=2000, help="training images in --quick")
     parser.add_argument("--workdir", default=None, help="folder for members (default: tmp)")

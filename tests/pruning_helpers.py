@@ -34,12 +34,14 @@ def trainer(callbacks, max_epochs: int = 2, **kwargs) -> pl.Trainer:
 
 
 class ZeroChecker(pl.Callback):
-    """Runs after AdaptivePruning: pruned weights and their Adam moments must be exactly zero."""
+    """Runs after AdaptivePruning: pruned weights and their Adam first moments are exactly zero;
+    their second moments are 0 (state created since the last mask update) or inert (> 0.5)."""
 
     def __init__(self, pruning: AdaptivePruning) -> None:
         self.pruning = pruning
         self.checked_steps = 0
         self.max_sparsity_seen = 0.0
+        self.inert_seen = False
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         state = pl_module.state_dict()
@@ -47,9 +49,11 @@ class ZeroChecker(pl.Callback):
         for name, mask in self.pruning.masks.items():
             assert torch.all(state[name][~mask] == 0), f"{name} has nonzero pruned weights"
             param = self.pruning.store.params[name].param
-            for key in ("exp_avg", "exp_avg_sq"):
-                moment = optimizer.state[param][key]
-                assert torch.all(moment[~mask] == 0), f"{key} of {name} nonzero where pruned"
+            moment = optimizer.state[param]["exp_avg"]
+            assert torch.all(moment[~mask] == 0), f"exp_avg of {name} nonzero where pruned"
+            second = optimizer.state[param]["exp_avg_sq"][~mask]
+            assert torch.all((second == 0) | (second > 0.5)), f"exp_avg_sq of {name}"
+            self.inert_seen |= bool((second > 0.5).any())
         self.checked_steps += 1
         self.max_sparsity_seen = max(self.max_sparsity_seen, self.pruning.store.sparsity())
 

@@ -8,6 +8,7 @@ import torch
 
 from lightning_prune.models import build_network
 from lightning_prune.pruning import AdaptivePruning, select_params
+from lightning_prune.pruning.masks import INERT_SECOND_MOMENT, reset_optimizer_state
 from tests.pruning_helpers import ZeroChecker, classifier, tiny_data, trainer
 
 
@@ -39,6 +40,11 @@ def test_weights_exactly_zero_every_step_and_adam_moments_cleared(tmp_path):
     fit_trainer = trainer([pruning, checker], max_epochs=2)
     fit_trainer.fit(model, tiny_data())
     assert checker.checked_steps == fit_trainer.global_step == 16
+    assert checker.inert_seen
+    optimizer = fit_trainer.optimizers[0]
+    for name, mask in pruning.masks.items():  # after fit every pruned second moment is inert
+        second = optimizer.state[pruning.store.params[name].param]["exp_avg_sq"]
+        assert torch.all(second[~mask] > 0.5)
     assert pruning.summary()["sparsity"] == pytest.approx(0.8, abs=1e-3)
     # output layer keeps its density floor; the other layers keep min_density
     layer = pruning.summary()["layer_sparsity"]
@@ -118,3 +124,33 @@ def test_conv_network_structured_and_unstructured():
                 rows = mask.reshape(mask.shape[0], -1)
                 assert torch.all(rows.all(dim=1) | ~rows.any(dim=1)), name  # whole rows only
             assert pruning.masks["net.7.weight"].all()  # output layer kept whole
+
+
+def test_optimizer_state_reset_at_pruned_and_regrown_positions():
+    layer = torch.nn.Linear(4, 3)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.1)
+    layer(torch.randn(8, 4)).pow(2).sum().backward()
+    optimizer.step()
+    params = {p.name: p for p in select_params(layer, ["*"], [])}
+    name = next(iter(params))
+    mask = torch.ones(3, 4, dtype=torch.bool)
+    mask[0, :2] = False  # newly pruned
+    changed = torch.zeros(3, 4, dtype=torch.bool)
+    changed[0, :2] = True
+    changed[1, 0] = True  # regrown (kept now)
+    reset_optimizer_state([optimizer], params, {name: mask}, {name: changed})
+    state = optimizer.state[layer.weight]
+    assert torch.all(state["exp_avg"][changed] == 0)
+    assert torch.all(state["exp_avg_sq"][~mask] == INERT_SECOND_MOMENT)
+    assert state["exp_avg_sq"][1, 0] == 0  # regrown: Adam's own fresh start
+    untouched = mask & ~changed
+    assert torch.all(state["exp_avg"][untouched] != 0)
+    assert torch.all(state["exp_avg_sq"][untouched] > 0)
+    # the inert second moment keeps a pruned weight still: its update is exactly zero
+    with torch.no_grad():
+        layer.weight[~mask] = 0
+    optimizer.zero_grad()
+    layer(torch.randn(8, 4)).pow(2).sum().backward()
+    layer.weight.grad[~mask] = 0
+    optimizer.step()
+    assert torch.all(layer.weight[~mask] == 0)

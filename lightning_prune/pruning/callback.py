@@ -16,7 +16,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from lightning_prune.pruning.controller import EVENT_CODES, Controller, Decision
 from lightning_prune.pruning.criteria import Importance, build_criterion
 from lightning_prune.pruning.granularity import NM, build_granularity
-from lightning_prune.pruning.masks import MaskStore, clear_optimizer_state, select_params
+from lightning_prune.pruning.masks import MaskStore, reset_optimizer_state, select_params
 from lightning_prune.pruning.options import check_options, check_patterns
 from lightning_prune.pruning.regrowth import Shadows
 from lightning_prune.pruning.running_stats import RunningStats
@@ -29,6 +29,9 @@ from lightning_prune.pruning.stats import (
     render_summary,
 )
 from lightning_prune.pruning.updater import MaskUpdater
+
+# Adam's beta2 = 0.999 decays an inert second moment to subnormal floats in about 87k steps.
+INERT_REFRESH_STEPS = 10_000
 
 
 class AdaptivePruning(pl.Callback):
@@ -137,6 +140,7 @@ class AdaptivePruning(pl.Callback):
         self._macs: dict[str, int] | None = None
         self._force_update = False
         self._last_step = -1
+        self._refresh_at = -1
         self._last_validation_step = 0
         self._restored = False
         self._pending_state: dict[str, Any] | None = None
@@ -244,6 +248,10 @@ class AdaptivePruning(pl.Callback):
             self.schedule.tick(step, paused)
             if self._should_update(step):
                 self._update_masks(trainer, step)
+            elif self.applied_goal > 0 and (
+                step % INERT_REFRESH_STEPS == 0 or step == self._refresh_at
+            ):  # optimizer state created after the last update, or decayed second moments
+                reset_optimizer_state(trainer.optimizers, self.store.params, self.store.masks)
         self.store.mask_grads()
 
     def _observing(self, step: int) -> bool:
@@ -301,7 +309,8 @@ class AdaptivePruning(pl.Callback):
             changed[name] = newly_pruned | regrown
         self.store.set_masks(new)
         self.store.apply_to_weights()
-        clear_optimizer_state(trainer.optimizers, self.store.params, changed)
+        reset_optimizer_state(trainer.optimizers, self.store.params, self.store.masks, changed)
+        self._refresh_at = step + 1
         self.applied_goal = goal
         self._log(trainer, self._metrics())
 

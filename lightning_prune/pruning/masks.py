@@ -14,7 +14,11 @@ import torch
 from torch import nn
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
-OPTIMIZER_STATE_KEYS = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq", "momentum_buffer")
+FIRST_MOMENTS = ("exp_avg", "momentum_buffer")  # what moves a weight without a gradient
+SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq")
+# Second moment of a pruned weight: any positive value keeps its Adam update exactly zero (the
+# first moment and the gradient are zero); 0 would make Adam's sqrt several times slower on CPU.
+INERT_SECOND_MOMENT = 1.0
 
 
 @dataclass(frozen=True)
@@ -136,17 +140,20 @@ class MaskStore:
 
 
 @torch.no_grad()
-def clear_optimizer_state(
+def reset_optimizer_state(
     optimizers: Iterable[torch.optim.Optimizer],
     params: dict[str, PrunableParam],
-    positions: dict[str, torch.Tensor],
+    masks: dict[str, torch.Tensor],
+    changed: dict[str, torch.Tensor] | None = None,
 ) -> None:
-    """Zero Adam moments / SGD momentum at `positions` (pruned or freshly regrown weights).
+    """Fresh optimizer state where a weight was just pruned or regrown (`changed`).
 
-    Without this, Adam keeps moving a pruned weight through its first moment, and a regrown
-    weight starts with a stale second moment that freezes it.
+    First moments (Adam `exp_avg`, SGD momentum) become 0 there: a stale one would keep moving a
+    pruned weight, or push a regrown one. Second moments become 0 at regrown weights (Adam's
+    own start, so they are not frozen by a large stale value) and `INERT_SECOND_MOMENT` at
+    every pruned weight, which also renews it before its decay reaches subnormal floats.
     """
-    by_tensor = {id(params[n].param): n for n in positions if n in params}
+    by_tensor = {id(p.param): name for name, p in params.items()}
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             for p in group["params"]:
@@ -154,8 +161,13 @@ def clear_optimizer_state(
                 if name is None or p not in optimizer.state:
                     continue
                 state = optimizer.state[p]
-                where = positions[name].to(p.device)
-                for key in OPTIMIZER_STATE_KEYS:
+                pruned = ~masks[name].to(p.device)
+                where = changed[name].to(p.device) if changed and name in changed else None
+                for key in FIRST_MOMENTS + SECOND_MOMENTS:
                     value = state.get(key)
-                    if isinstance(value, torch.Tensor) and value.shape == where.shape:
+                    if not isinstance(value, torch.Tensor) or value.shape != pruned.shape:
+                        continue
+                    if where is not None:
                         value.masked_fill_(where, 0)
+                    if key in SECOND_MOMENTS:
+                        value.masked_fill_(pruned, INERT_SECOND_MOMENT)
