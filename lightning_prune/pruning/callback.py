@@ -22,10 +22,9 @@ from lightning_prune.pruning.regrowth import Shadows
 from lightning_prune.pruning.running_stats import RunningStats
 from lightning_prune.pruning.schedules import SparsitySchedule
 from lightning_prune.pruning.stats import (
-    flops,
-    layer_sparsity,
+    build_summary,
+    logged_metrics,
     measure_macs,
-    nonzero_params,
     render_summary,
 )
 from lightning_prune.pruning.updater import MaskUpdater
@@ -236,7 +235,10 @@ class AdaptivePruning(pl.Callback):
         step = trainer.global_step
         if step != self._last_step:  # once per step, even with several optimizers
             self._last_step = step
-            if self._observing(step):
+            # gradient statistics are running means with a short memory: gather them only
+            # in the `stats.window` steps before each mask update
+            after_ramp = self.controller is not None
+            if self.schedule.before_update(step, self.frequency, self.stats.window, after_ramp):
                 self.stats.observe_grads(self.store.param_list)
             if self._shadows_active(step):
                 group = optimizer.param_groups[0]
@@ -246,23 +248,15 @@ class AdaptivePruning(pl.Callback):
                 )
             paused = self.controller is not None and self.controller.paused
             self.schedule.tick(step, paused)
-            if self._should_update(step):
+            if self._force_update or self.schedule.update_due(
+                step, self.frequency, self.applied_goal, self.regrowth != "none"
+            ):
                 self._update_masks(trainer, step)
             elif self.applied_goal > 0 and (
                 step % INERT_REFRESH_STEPS == 0 or step == self._refresh_at
             ):  # optimizer state created after the last update, or decayed second moments
                 reset_optimizer_state(trainer.optimizers, self.store.params, self.store.masks)
         self.store.mask_grads()
-
-    def _observing(self, step: int) -> bool:
-        """Gradient statistics are running means with a short memory (`stats.window` steps),
-        so they are gathered only in that window before each scheduled mask update."""
-        s, window = self.schedule, self.stats.window
-        if step < s.start_step:
-            return s.start_step - step < window
-        if self.controller is None and step >= s.end_step and s.progress >= 1.0:
-            return False  # no mask update will come
-        return (-(step - s.start_step)) % self.frequency < window
 
     def _shadows_active(self, step: int) -> bool:
         """DNS shadows train only while they can still be spliced back: once something is
@@ -274,18 +268,6 @@ class AdaptivePruning(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         assert self.store is not None
         self.store.apply_to_weights()
-
-    def _should_update(self, step: int) -> bool:
-        if not self.schedule.started:
-            return False
-        if self._force_update:
-            return True
-        goal = self.schedule.goal()
-        if (step - self.schedule.start_step) % self.frequency == 0:
-            swapping = self.regrowth != "none" and step < self.schedule.end_step
-            return abs(goal - self.applied_goal) > 1e-9 or swapping
-        # reach the end of a ramp on time rather than up to `frequency` steps late
-        return self.schedule.progress >= 1.0 and abs(goal - self.applied_goal) > 1e-9
 
     @torch.no_grad()
     def _update_masks(self, trainer: pl.Trainer, step: int) -> None:
@@ -361,16 +343,7 @@ class AdaptivePruning(pl.Callback):
     # ---- reporting -------------------------------------------------------------------------
 
     def _metrics(self) -> dict[str, float]:
-        summary = self.summary(events=False)
-        metrics = {
-            "pruning/sparsity": summary["sparsity"],
-            "pruning/target": summary["target"],
-            "pruning/nonzero": float(summary["nonzero_params"]),
-            "pruning/flops": summary["flops"],
-        }
-        for name, value in summary["layer_sparsity"].items():
-            metrics[f"pruning/sparsity/{name}"] = value
-        return metrics
+        return logged_metrics(self.summary(events=False))
 
     @staticmethod
     def _log(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
@@ -396,24 +369,8 @@ class AdaptivePruning(pl.Callback):
         """Sparsity, target, nonzero/total params, FLOPs (sparse, dense), per-layer, events."""
         if self.store is None or self._module is None:
             raise RuntimeError("AdaptivePruning.summary() needs a model: call trainer.fit first")
-        per_layer = layer_sparsity(self.store.masks)
-        nonzero, total = nonzero_params(self._module)
-        sparse_flops, dense_flops = flops(
-            self._macs or {}, {n: 1.0 - s for n, s in per_layer.items()}
-        )
-        out = {
-            "sparsity": self.store.sparsity(),
-            "target": self.target_sparsity,
-            "nonzero_params": nonzero,
-            "total_params": total,
-            "flops": sparse_flops,
-            "dense_flops": dense_flops,
-            "layer_sparsity": per_layer,
-            "events": [],
-        }
-        if events and self.controller is not None:
-            out["events"] = [dict(e) for e in self.controller.events]
-        return out
+        events = [dict(e) for e in self.controller.events] if events and self.controller else []
+        return build_summary(self.store, self._module, self._macs, self.target_sparsity, events)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.stats.detach()

@@ -74,6 +74,25 @@ class SparsitySchedule:
             return 0.0
         return self.initial + (self.final - self.initial) * ramp_fraction(self.kind, self.progress)
 
+    def update_due(self, step: int, frequency: int, applied: float, swapping: bool) -> bool:
+        """Masks are recomputed every `frequency` steps while the goal moves (or weights swap
+        during the ramp), and at the step the ramp ends rather than up to `frequency` late."""
+        if not self.started:
+            return False
+        moved = abs(self.goal() - applied) > 1e-9
+        if (step - self.start_step) % frequency == 0:
+            return moved or (swapping and step < self.end_step)
+        return self.progress >= 1.0 and moved
+
+    def before_update(self, step: int, frequency: int, window: int, after_ramp: bool) -> bool:
+        """Whether `step` is among the `window` steps up to a scheduled mask update (after the
+        ramp only if `after_ramp`: a controller may still move the target)."""
+        if step < self.start_step:
+            return self.start_step - step < window
+        if not after_ramp and step >= self.end_step and self.progress >= 1.0:
+            return False
+        return (-(step - self.start_step)) % frequency < window
+
     def retarget(self, final: float, length: int | None = None) -> None:
         """Start a new ramp from the current goal to `final` (immediate when length is None)."""
         current = self.goal()

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_prune.pruning.masks import PRUNABLE_TYPES
+from lightning_prune.pruning.masks import PRUNABLE_TYPES, MaskStore
 
 
 def layer_sparsity(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
@@ -68,6 +68,42 @@ def flops(macs: Mapping[str, int], densities: Mapping[str, float]) -> tuple[floa
     dense = 2.0 * sum(macs.values())
     sparse = 2.0 * sum(m * densities.get(name, 1.0) for name, m in macs.items())
     return sparse, dense
+
+
+def build_summary(
+    store: MaskStore,
+    model: nn.Module,
+    macs: Mapping[str, int] | None,
+    target: float,
+    events: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Sparsity, target, nonzero/total params, FLOPs (sparse, dense), per-layer, events."""
+    per_layer = layer_sparsity(store.masks)
+    nonzero, total = nonzero_params(model)
+    sparse_flops, dense_flops = flops(macs or {}, {n: 1.0 - s for n, s in per_layer.items()})
+    return {
+        "sparsity": store.sparsity(),
+        "target": target,
+        "nonzero_params": nonzero,
+        "total_params": total,
+        "flops": sparse_flops,
+        "dense_flops": dense_flops,
+        "layer_sparsity": per_layer,
+        "events": events,
+    }
+
+
+def logged_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+    """The summary as `pruning/...` metrics for the Trainer's loggers."""
+    metrics = {
+        "pruning/sparsity": summary["sparsity"],
+        "pruning/target": summary["target"],
+        "pruning/nonzero": float(summary["nonzero_params"]),
+        "pruning/flops": summary["flops"],
+    }
+    for name, value in summary["layer_sparsity"].items():
+        metrics[f"pruning/sparsity/{name}"] = value
+    return metrics
 
 
 def render_summary(summary: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]) -> None:
