@@ -26,8 +26,22 @@ def prepare_store(uri: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
 
 
+_EXPERIMENT_IDS: dict[tuple[str, str], str] = {}  # per process: a search asks once per trial
+
+
 def ensure_experiment(uri: str, name: str) -> str:
     """Return the experiment id, creating it (artifacts next to a local store) if needed."""
+    path = _sqlite_path(uri)  # a relative store path means another store in another folder
+    key = (str(path.resolve()) if path else uri, name)
+    known = _EXPERIMENT_IDS.get(key)
+    if known is not None and (path is None or path.exists()):
+        return known
+    experiment_id = _find_or_create(uri, name)
+    _EXPERIMENT_IDS[key] = experiment_id
+    return experiment_id
+
+
+def _find_or_create(uri: str, name: str) -> str:
     prepare_store(uri)
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -17,6 +18,15 @@ CLASSES = (
 
 
 def _load_pair(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded images and labels of one split; cached per process (a search runs many trials
+    in one process, and decompressing the files costs about a second each time)."""
+    files = (folder / FILES[f"{split}_images"], folder / FILES[f"{split}_labels"])
+    stamps = tuple((str(f.resolve()), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    return _decode_pair(folder, split, stamps)
+
+
+@functools.lru_cache(maxsize=4)
+def _decode_pair(folder: Path, split: str, stamps: tuple) -> tuple[torch.Tensor, torch.Tensor]:
     images = read_idx(folder / FILES[f"{split}_images"])
     labels = read_idx(folder / FILES[f"{split}_labels"])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):

@@ -1,8 +1,9 @@
 """AdaptivePruning: a Lightning callback that prunes while training and listens to the metric.
 
 Hot path (every optimizer step): mask the gradients in `on_before_optimizer_step` and re-zero
-the weights in `on_train_batch_end` (Lightning has no hook after `optimizer.step`). Everything
-else (scoring, allocation, regrowth) runs only every `frequency` steps.
+the weights in `on_train_batch_end` (Lightning has no hook after `optimizer.step`), each one
+fused call over all layers. Scoring, allocation and regrowth run only every `frequency` steps;
+gradient statistics only in the window before each of those updates.
 """
 
 from __future__ import annotations
