@@ -30,6 +30,7 @@ from optuna.trial import TrialState
 from lightning_prune.config import load_config
 
 RESULTS = results_dir()
+PRUNER = load_config([]).search.pruner  # the defaults both arms and the replay use
 
 
 def settings(quick: bool) -> dict:
@@ -134,7 +135,8 @@ def replay(curves: list, policy: str, permutations: int, seed: int):
     for _ in range(permutations):
         order = curves[:]
         rng.shuffle(order)
-        study = optuna.create_study(direction="maximize", pruner=build_pruner(policy, 4, 1))
+        pruner = build_pruner(policy, PRUNER.n_startup_trials, PRUNER.n_warmup_steps)
+        study = optuna.create_study(direction="maximize", pruner=pruner)
         for number, curve, _, value in order:
             trial, pruned = study.ask(), False
             for step, point in enumerate(curve):
@@ -235,7 +237,8 @@ def main() -> None:
         "## Fairness to high targets (replay of the no-pruner trials)",
         "",
         f"Every complete trial of the no-pruner arms replayed through each pruner "
-        f"(n_startup_trials=4, n_warmup_steps=1) in {s['permutations']} random orders.",
+        f"(n_startup_trials={PRUNER.n_startup_trials}, n_warmup_steps={PRUNER.n_warmup_steps}) "
+        f"in {s['permutations']} random orders.",
         "",
         "| seed | policy | P(eventual best feasible trial pruned) | trials pruned (mean) |",
         "|---|---|---|---|",

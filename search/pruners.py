@@ -3,8 +3,9 @@
 A plain median rule compares every trial at the same step: a trial heading for 99 % sparsity
 is then judged mid-ramp, while it is more pruned than the others, and is stopped although it
 would recover. `SparsityMatchedPruner` removes that handicap: at validation k it compares the
-trial's value with the completed trials that had at least its sparsity at their validation k.
-A trial is stopped only when it is worse than the median of trials pruned at least as hard.
+trial's best value so far (as Optuna's MedianPruner does) with the values at validation k of
+the completed trials that were at least as sparse then. A trial is stopped only when it is
+worse than the median of trials pruned at least as hard at the same point of training.
 """
 
 from __future__ import annotations
@@ -52,9 +53,11 @@ class SparsityMatchedPruner(optuna.pruners.BasePruner):
         step = trial.last_step
         if step is None or step < self.n_warmup_steps:
             return False
-        value = trial.intermediate_values[step]
-        if not math.isfinite(value):
+        if not math.isfinite(trial.intermediate_values[step]):
             return True
+        reported = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
+        maximize = study.direction == StudyDirection.MAXIMIZE
+        best = max(reported) if maximize else min(reported)  # as Optuna's MedianPruner
         completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if len(completed) < self.n_startup_trials:
             return False
@@ -69,9 +72,7 @@ class SparsityMatchedPruner(optuna.pruners.BasePruner):
         if len(matched) < self.n_min_trials:
             return False
         median = statistics.median(matched)
-        if study.direction == StudyDirection.MAXIMIZE:
-            return value < median
-        return value > median
+        return best < median if maximize else best > median
 
 
 def build_pruner(kind: str, n_startup_trials: int, n_warmup_steps: int):
