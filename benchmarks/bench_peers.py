@@ -130,12 +130,14 @@ def run_oneshot(dense_model: Classifier, data, finetune_epochs: int, sparsity: f
 
 
 def timing_runs(data, preset: dict, rounds: int, batches: int) -> dict[str, list[float]]:
-    """Step times measured interleaved (dense, ours, ModelPruning in turn, `rounds` times), so
-    that load from other processes hits every method alike. Each run has 4 short epochs with
-    pruning active from the first epoch end; epoch 0 (warm-up, no masks yet) is not counted."""
+    """Step times measured interleaved (dense, ours, ModelPruning in turn, `rounds` times, the
+    order rotated each round), so that load from other processes hits every method alike.
+    Each run has 4 short epochs with pruning active from the first epoch end; epoch 0
+    (warm-up, no masks yet) is not counted."""
     times: dict[str, list[float]] = defaultdict(list)
-    for _ in range(rounds):
-        for method in ("dense", "adaptive", "modelpruning"):
+    methods = ["dense", "adaptive", "modelpruning"]
+    for round_ in range(rounds):
+        for method in methods[round_ % 3 :] + methods[: round_ % 3]:  # rotate the order
             timer, callbacks = StepTimer(), []
             if method == "adaptive":
                 options = {**preset, "target_sparsity": 0.98, "monitor": None, "verbose": False}
@@ -192,7 +194,7 @@ def main() -> None:
     parser.add_argument("--subset", type=int, default=None, help="training images (default all)")
     parser.add_argument("--finetune", type=int, default=3, help="one-shot: fine-tune epochs")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--timing-rounds", type=int, default=3, help="interleaved timing rounds")
+    parser.add_argument("--timing-rounds", type=int, default=6, help="interleaved timing rounds")
     parser.add_argument("--timing-only", action="store_true", help="only the timing phase")
     parser.add_argument("--output", default="peers", help="results/<output>.md and .png")
     parser.add_argument(

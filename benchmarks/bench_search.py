@@ -2,7 +2,7 @@
 sparsity-matched pruner, and worker scaling. Prints markdown tables, writes
 benchmarks/results/search.md (search_quick.md with --quick).
 
-    .venv/bin/python benchmarks/bench_search.py            # ~15-20 minutes
+    .venv/bin/python benchmarks/bench_search.py            # ~22 minutes
     .venv/bin/python benchmarks/bench_search.py --quick    # smoke test, ~2 minutes
 
 Setting: Fashion-MNIST subset, LeNet-300-100, demand sparsity >= 95%, the default search

@@ -48,17 +48,25 @@ class RunningStats:
 
     @torch.no_grad()
     def observe_grads(self, params: Sequence[PrunableParam]) -> None:
-        """Update gradient/Taylor means; call before gradients are masked."""
+        """Update gradient/Taylor means; call before gradients are masked (fused over layers)."""
         if not self.required & {"grad", "taylor"}:
             return
-        for p in params:
-            grad = p.param.grad
-            if grad is None:
-                continue
-            if "grad" in self.required:
-                self._ema(self.grad, p.name, grad.abs())
-            if "taylor" in self.required:
-                self._ema(self.taylor, p.name, (grad * p.param).abs())
+        params = [p for p in params if p.param.grad is not None]
+        grads = [p.param.grad for p in params]
+        if "grad" in self.required:
+            self._ema_all(self.grad, params, torch._foreach_abs(grads))
+        if "taylor" in self.required:
+            taylor = torch._foreach_mul(grads, [p.param for p in params])
+            torch._foreach_abs_(taylor)
+            self._ema_all(self.taylor, params, taylor)
+
+    def _ema_all(self, store: dict[str, torch.Tensor], params, values: list[torch.Tensor]):
+        old = [store.get(p.name) for p in params]
+        if any(o is None or o.shape != v.shape for o, v in zip(old, values, strict=True)):
+            for p, value in zip(params, values, strict=True):
+                self._ema(store, p.name, value)
+            return
+        torch._foreach_lerp_(old, values, 1.0 - self.momentum)
 
     def attach(self, params: Sequence[PrunableParam]) -> None:
         """Register forward hooks for activation statistics (only if a criterion needs them)."""
