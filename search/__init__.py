@@ -5,6 +5,8 @@ Public API:
 - :func:`run_search` -- run, resume or join the study of `cfg.search`; returns the Study.
 - :func:`load_study` -- open a finished or running study by storage URL and name.
 - :class:`TrialReporter` -- the pytorch_lightning callback that reports to a trial.
+- :class:`SparsityMatchedPruner` -- the default trial pruner: a median rule among completed
+  trials that were at least as sparse at the same validation.
 - :func:`print_report`, :func:`trials_table`, :func:`best_trials` -- the result tables.
 
 What a study holds (the contract with `lightning_prune.ensembles`):
@@ -18,7 +20,8 @@ What a study holds (the contract with `lightning_prune.ensembles`):
 - Each COMPLETE trial's user attrs: `checkpoint` (absolute path of
   `<output_dir>/studies/<study>/trial_<n>/model.pt`, saved with
   `lightning_prune.checkpoint.save_model`), `mlflow_run_id`, `sparsity`,
-  `nonzero_params`, `flops`, `val_acc`, `test_acc`; also `curve`, `duration_s`, `worker`.
+  `nonzero_params`, `flops`, `val_acc`, `test_acc`; also `curve` (one point per validation,
+  kept up to date while the trial runs), `duration_s`, `worker`.
   PRUNED trials carry the same minus `checkpoint`/`test_acc`; FAIL trials carry
   `fail_reason` (and `interrupted` after Ctrl-C).
 - Study user attrs: `mlflow_parent_run_id`, `tracking_uri`, `experiment`, `config`.
@@ -27,6 +30,7 @@ What a study holds (the contract with `lightning_prune.ensembles`):
 from __future__ import annotations
 
 import optuna
+from lightning_prune.search.pruners import SparsityMatchedPruner
 from lightning_prune.search.report import best_trials, print_report, state_counts, trials_table
 from lightning_prune.search.reporter import NonFiniteLossError, TrialReporter
 from lightning_prune.search.storage import make_storage
@@ -34,6 +38,7 @@ from lightning_prune.search.study import run_search, validate
 
 __all__ = [
     "NonFiniteLossError",
+    "SparsityMatchedPruner",
     "TrialReporter",
     "best_trials",
     "load_study",
