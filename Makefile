@@ -11,7 +11,7 @@ APT    := $(shell [ "$$(id -u)" = 0 ] && command -v apt-get)
 
 # The main job: a search with a sparsity demand on a Fashion-MNIST subset, then the
 # weighted ensemble of its top trials, then the report (about 5 minutes on 2 CPU cores).
-DEMO_SEARCH ?= search.demand.min_sparsity=0.9 search.n_trials=16 data.subset=10000 trainer.max_epochs=4
+DEMO_SEARCH ?= search.demand.min_sparsity=0.9 search.n_trials=20 data.subset=10000 trainer.max_epochs=4
 
 demo: $(STAMP) data
 	$(BIN)/lightning-prune search $(DEMO_SEARCH)
