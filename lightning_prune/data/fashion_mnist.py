@@ -21,7 +21,7 @@ def _load_pair(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoded images and labels of one split; cached per process (a search runs many trials
     in one process, and decompressing the files costs about a second each time)."""
     files = (folder / FILES[f"{split}_images"], folder / FILES[f"{split}_labels"])
-    stamps = tuple((str(f.resolve()), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    stamps = tuple((str(f.resolve()), (st := f.stat()).st_mtime_ns, st.st_size) for f in files)
     return _decode_pair(folder, split, stamps)
 
 

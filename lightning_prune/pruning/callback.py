@@ -255,7 +255,7 @@ class AdaptivePruning(pl.Callback):
                 self._update_masks(trainer, step)
             elif self.applied_goal > 0 and (
                 step % INERT_REFRESH_STEPS == 0 or step == self._refresh_at
-            ):  # optimizer state created after the last update, or decayed second moments
+            ):  # state the optimizer created after the last update, or decayed second moments
                 reset_optimizer_state(trainer.optimizers, self.store.params, self.store.masks)
         self.store.mask_grads()
 
@@ -292,8 +292,9 @@ class AdaptivePruning(pl.Callback):
             changed[name] = newly_pruned | regrown
         self.store.set_masks(new)
         self.store.apply_to_weights()
-        reset_optimizer_state(trainer.optimizers, self.store.params, self.store.masks, changed)
-        self._refresh_at = step + 1
+        optimizers, params, masks = trainer.optimizers, self.store.params, self.store.masks
+        if not reset_optimizer_state(optimizers, params, masks, changed):
+            self._refresh_at = step + 1  # the optimizer creates its state at this step
         self.applied_goal = goal
         self._log(trainer, self._metrics())
 

@@ -80,6 +80,7 @@ class MaskStore:
     def __init__(self, params: Sequence[PrunableParam]) -> None:
         self.params = {p.name: p for p in params}
         self.param_list = list(params)
+        self._weights = [p.param for p in self.param_list]  # for the fused hot-path ops
         self.masks: dict[str, torch.Tensor] = {
             p.name: torch.ones_like(p.param, dtype=torch.bool) for p in params
         }
@@ -93,9 +94,7 @@ class MaskStore:
             for n, m in self.masks.items()
         }
         self.pruned_float = {n: 1.0 - m for n, m in self._float.items()}
-        # parallel lists for the fused (torch._foreach_*) hot-path ops: one dispatch per step
-        self._weights = [p.param for p in self.params.values()]
-        self._float_list = [self._float[n] for n in self.params]
+        self._float_list = [self._float[p.name] for p in self.param_list]  # parallel to _weights
 
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
         """Replace masks (same names and shapes) and refresh the cached float copies."""
@@ -113,13 +112,10 @@ class MaskStore:
     @torch.no_grad()
     def mask_grads(self) -> None:
         """Zero the gradient of every pruned weight so the optimizer does not move it."""
-        weights, masks = self._weights, self._float_list
-        grads = [w.grad for w in weights if w.grad is not None]
-        if len(grads) == len(weights):
-            torch._foreach_mul_(grads, masks)
-        elif grads:
-            kept = [m for w, m in zip(weights, masks, strict=True) if w.grad is not None]
-            torch._foreach_mul_(grads, kept)
+        pairs = [(w.grad, m) for w, m in zip(self._weights, self._float_list, strict=True)]
+        pairs = [(g, m) for g, m in pairs if g is not None]
+        if pairs:
+            torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
 
     def density(self, name: str) -> float:
         mask = self.masks[name]
@@ -145,20 +141,25 @@ def reset_optimizer_state(
     params: dict[str, PrunableParam],
     masks: dict[str, torch.Tensor],
     changed: dict[str, torch.Tensor] | None = None,
-) -> None:
+) -> bool:
     """Fresh optimizer state where a weight was just pruned or regrown (`changed`).
 
     First moments (Adam `exp_avg`, SGD momentum) become 0 there: a stale one would keep moving a
     pruned weight, or push a regrown one. Second moments become 0 at regrown weights (Adam's
     own start, so they are not frozen by a large stale value) and `INERT_SECOND_MOMENT` at
     every pruned weight, which also renews it before its decay reaches subnormal floats.
+    Returns False when some parameter has no optimizer state yet (reset it again later).
     """
+    complete = True
     by_tensor = {id(p.param): name for name, p in params.items()}
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             for p in group["params"]:
                 name = by_tensor.get(id(p))
-                if name is None or p not in optimizer.state:
+                if name is None:
+                    continue
+                if p not in optimizer.state:
+                    complete = False
                     continue
                 state = optimizer.state[p]
                 pruned = ~masks[name].to(p.device)
@@ -171,3 +172,4 @@ def reset_optimizer_state(
                         value.masked_fill_(where, 0)
                     if key in SECOND_MOMENTS:
                         value.masked_fill_(pruned, INERT_SECOND_MOMENT)
+    return complete
