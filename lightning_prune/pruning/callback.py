@@ -239,9 +239,15 @@ class AdaptivePruning(pl.Callback):
             # gradient statistics are running means with a short memory: gather them only
             # in the `stats.window` steps before each mask update
             after_ramp = self.controller is not None
+            shadows_active = self._shadows_active(step)
             if self.schedule.before_update(step, self.frequency, self.stats.window, after_ramp):
-                self.stats.observe_grads(self.store.param_list)
-            if self._shadows_active(step):
+                weights = (
+                    self.shadows.effective_all(self.store.params, self.store.pruned_float)
+                    if shadows_active
+                    else None
+                )
+                self.stats.observe_grads(self.store.param_list, weights)
+            if shadows_active:
                 group = optimizer.param_groups[0]
                 adaptive = "betas" in group  # Adam-family: steps of about lr whatever the grad
                 self.shadows.step(

@@ -47,8 +47,14 @@ class RunningStats:
             old.mul_(self.momentum).add_(value.detach(), alpha=1.0 - self.momentum)
 
     @torch.no_grad()
-    def observe_grads(self, params: Sequence[PrunableParam]) -> None:
-        """Update gradient/Taylor means; call before gradients are masked (fused over layers)."""
+    def observe_grads(
+        self, params: Sequence[PrunableParam], weights: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """Update gradient/Taylor means; call before gradients are masked (fused over layers).
+
+        `weights` replaces the parameters in |w * g|: with DNS, pruned positions hold their
+        shadow value, so a pruned weight's Taylor score says what splicing it back would give.
+        """
         if not self.required & {"grad", "taylor"}:
             return
         params = [p for p in params if p.param.grad is not None]
@@ -56,7 +62,8 @@ class RunningStats:
         if "grad" in self.required:
             self._ema_all(self.grad, params, torch._foreach_abs(grads))
         if "taylor" in self.required:
-            taylor = torch._foreach_mul(grads, [p.param for p in params])
+            values = [p.param if weights is None else weights[p.name] for p in params]
+            taylor = torch._foreach_mul(grads, values)
             torch._foreach_abs_(taylor)
             self._ema_all(self.taylor, params, taylor)
 
