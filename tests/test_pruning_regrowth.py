@@ -35,8 +35,8 @@ def test_regrowth_changes_masks_and_keeps_sparsity_on_schedule(regrowth, criteri
     """With taylor, a pruned weight is scored by |shadow * g|, so DNS can splice it back."""
     pl.seed_everything(0)
     pruning = AdaptivePruning(
-        target_sparsity=0.9, frequency=4, start=0.0, end=0.8, regrowth=regrowth, criterion=criterion,
-        regrow_fraction=0.3, monitor=None, verbose=False,
+        target_sparsity=0.9, frequency=4, start=0.0, end=0.8, regrowth=regrowth,
+        criterion=criterion, regrow_fraction=0.3, monitor=None, verbose=False,
     )  # fmt: skip
     history = MaskHistory(pruning)
     checker = ZeroChecker(pruning)
