@@ -101,9 +101,9 @@ def test_gradient_statistics_are_gathered_only_before_mask_updates():
     )  # fmt: skip
     observed = _ObservedSteps(pruning)
     trainer([pruning, observed], max_epochs=5).fit(classifier(), tiny_data(num_train=1024))
-    total, window = 160, pruning.stats.window  # 5 epochs of 32 batches
+    total, window = 160, pruning.stats_window  # 5 epochs of 32 batches
     start, end = pruning.schedule.start_step, pruning.schedule.end_step
-    assert (start, end) == (48, 96) and window == 20
+    assert (start, end) == (48, 96) and window == 12  # at most half of the 25 between updates
     updates = range(start, end + 25, 25)  # 48, 73 and 98 (the ramp ends on time at 96)
     expected = {s for u in updates for s in range(u - window + 1, u + 1) if s < end}
     assert set(observed.steps) == expected  # the window before each update, nothing else

@@ -61,6 +61,23 @@ def test_global_allocation_prunes_exact_budget_and_respects_floors():
     assert [int(k.sum()) for k in layerwise.values()] == [50, 5, 5]
 
 
+def test_selection_prunes_what_a_stable_sort_would():
+    """Equal group sizes take the kthvalue path; it must match the sorted prefix exactly,
+    ties (by position) and must-keep (+inf) / prune-first (-inf) entries included."""
+    from lightning_prune.pruning.allocation import _prune_prefix
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 20, (500,), generator=generator).float()  # many ties
+    scores[::7], scores[3::11] = float("inf"), float("-inf")
+    for size, budget in [(1, 0), (1, 1), (1, 250), (2, 301), (1, 499), (1, 10_000)]:
+        sizes = torch.full((500,), size, dtype=torch.long)
+        order = scores.argsort(stable=True)
+        allowed = (sizes[order].cumsum(0) <= budget) & (scores[order] != float("inf"))
+        expected = torch.ones(500, dtype=torch.bool)
+        expected[order[allowed]] = False
+        assert torch.equal(_prune_prefix(scores, sizes, budget), expected), (size, budget)
+
+
 def test_lamp_scores_are_relative_within_a_layer():
     lamp = lamp_transform(torch.tensor([1.0, 2.0, 3.0]))
     assert lamp.tolist() == pytest.approx([1 / 14, 4 / 13, 1.0])

@@ -40,14 +40,34 @@ def _protect_floor(scores: torch.Tensor, floor_groups: int) -> torch.Tensor:
 
 
 def _prune_prefix(scores: torch.Tensor, sizes: torch.Tensor, budget: int) -> torch.Tensor:
-    """Keep-vector that prunes the lowest-scoring groups whose sizes add up to <= budget."""
+    """Keep-vector that prunes the lowest-scoring groups whose sizes add up to <= budget.
+
+    Ties go by position (a stable sort). Groups of one size take a selection instead of a full
+    sort: several times faster on the ~10^5-10^6 weights a global unstructured update ranks.
+    """
     keep = torch.ones_like(scores, dtype=torch.bool)
     if budget <= 0:
         return keep
+    size = int(sizes[0]) if sizes.numel() else 1
+    if bool((sizes == size).all()):
+        return _prune_lowest(scores, min(budget // size, int((scores != math.inf).sum())))
     order = scores.argsort(stable=True)
     cumulative = sizes[order].cumsum(0)
     candidate = (cumulative <= budget) & torch.isfinite(scores[order]).logical_or(scores[order] < 0)
     keep[order[candidate]] = False
+    return keep
+
+
+def _prune_lowest(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Keep-vector without the `count` lowest scores (ties by position), by selection."""
+    keep = torch.ones_like(scores, dtype=torch.bool)
+    if count <= 0:
+        return keep
+    threshold = scores.kthvalue(count).values
+    below = scores < threshold
+    ties = (scores == threshold).nonzero().flatten()[: count - int(below.sum())]
+    keep[below] = False
+    keep[ties] = False
     return keep
 
 

@@ -134,6 +134,8 @@ class AdaptivePruning(pl.Callback):
         )  # fmt: skip
         self.store: MaskStore | None = None
         self.stats = RunningStats(self.criterion.requires)
+        # at most half the steps between mask updates pay for gathering statistics
+        self.stats_window = min(self.stats.window, max(1, frequency // 2))
         self.shadows: Shadows | None = None
         self.applied_goal = 0.0
         self._module: pl.LightningModule | None = None
@@ -237,10 +239,10 @@ class AdaptivePruning(pl.Callback):
         if step != self._last_step:  # once per step, even with several optimizers
             self._last_step = step
             # gradient statistics are running means with a short memory: gather them only
-            # in the `stats.window` steps before each mask update
+            # in the `stats_window` steps before each mask update
             after_ramp = self.controller is not None
             shadows_active = self._shadows_active(step)
-            if self.schedule.before_update(step, self.frequency, self.stats.window, after_ramp):
+            if self.schedule.before_update(step, self.frequency, self.stats_window, after_ramp):
                 weights = (
                     self.shadows.effective_all(self.store.params, self.store.pruned_float)
                     if shadows_active
