@@ -18,7 +18,7 @@ from common import ENV
 HERE = Path(__file__).resolve().parent
 # script -> extra arguments of the full run (the defaults of each script are its full run)
 SCRIPTS = {
-    "bench_peers.py": ["--seeds", "0", "1", "2", "--epochs", "10", "--subset", "10000"],
+    "bench_peers.py": ["--seeds", *map(str, range(10)), "--epochs", "10", "--subset", "10000"],
     "bench_structured.py": ["--seeds", "0", "1", "2"],
     "bench_search.py": [],
     "bench_ensembles.py": ["--seeds", "0", "1", "2"],

@@ -12,7 +12,15 @@ from lightning_prune.pruning import AdaptivePruning
 from tests.pruning_helpers import classifier, tiny_data, trainer
 
 PRESETS = Path(__file__).resolve().parents[1] / "conf" / "pruning"
-NAMES = ["magnitude_gradual", "taylor_adaptive", "structured", "nm_2_4", "auto", "dns"]
+NAMES = [
+    "magnitude_gradual",
+    "taylor_adaptive",
+    "hybrid_adaptive",
+    "structured",
+    "nm_2_4",
+    "auto",
+    "dns",
+]
 
 
 def test_none_preset_is_empty():
