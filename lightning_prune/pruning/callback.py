@@ -244,7 +244,7 @@ class AdaptivePruning(pl.Callback):
             shadows_active = self._shadows_active(step)
             if self.schedule.before_update(step, self.frequency, self.stats_window, after_ramp):
                 weights = (
-                    self.shadows.effective_all(self.store.params, self.store.pruned_float)
+                    self.shadows.effective(self.store.params, self.store.pruned_float)
                     if shadows_active
                     else None
                 )

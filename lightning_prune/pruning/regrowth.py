@@ -84,18 +84,15 @@ class Shadows:
         torch._foreach_addcmul_(values, directions, where, value=-lr)
 
     @torch.no_grad()
-    def effective_all(
+    def effective(
         self, params: dict[str, PrunableParam], pruned: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """`effective` for every layer at once (pruned weights are zero, so w + shadow * pruned)."""
+        """Kept weights as they are, pruned ones at their shadow value (for scoring); pruned
+        weights are exactly zero, so this is w + shadow * pruned, fused over the layers."""
         names = list(params)
         weights = [params[n].param for n in names]
         shadows, where = [self.values[n] for n in names], [pruned[n] for n in names]
         return dict(zip(names, torch._foreach_addcmul(weights, shadows, where), strict=True))
-
-    def effective(self, name: str, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Kept weights as they are, pruned ones at their shadow value (for scoring)."""
-        return torch.where(mask, weight, self.values[name])
 
     @torch.no_grad()
     def remember(self, name: str, weight: torch.Tensor, newly_pruned: torch.Tensor) -> None:

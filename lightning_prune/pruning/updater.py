@@ -47,12 +47,11 @@ class MaskUpdater:
     def _raw_scores(
         self, store: MaskStore, stats: RunningStats, shadows: Shadows | None
     ) -> dict[str, torch.Tensor]:
-        weights = {}
-        for name, p in store.params.items():
-            weight = p.param.detach()
-            if shadows is not None:
-                weight = shadows.effective(name, weight, store.masks[name])
-            weights[name] = weight
+        weights = (
+            {name: p.param.detach() for name, p in store.params.items()}
+            if shadows is None
+            else shadows.effective(store.params, store.pruned_float)
+        )
         return self.criterion.score_all(list(store.params.values()), weights, stats)
 
     def _growth_scores(
