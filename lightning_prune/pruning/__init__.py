@@ -11,9 +11,10 @@ from lightning_prune.pruning.criteria import (
     register_criterion,
 )
 from lightning_prune.pruning.granularity import GRANULARITIES
-from lightning_prune.pruning.masks import MaskStore, PrunableParam, select_params
+from lightning_prune.pruning.masks import MaskStore
 from lightning_prune.pruning.regrowth import REGROWTH
 from lightning_prune.pruning.schedules import SCHEDULES, SparsitySchedule, ramp_fraction
+from lightning_prune.pruning.selection import PrunableParam, select_params
 
 __all__ = [
     "ALLOCATIONS",

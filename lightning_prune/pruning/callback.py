@@ -8,25 +8,34 @@ gradient statistics only in the window before each of those updates.
 
 from __future__ import annotations
 
+import os
+import tempfile
+import uuid
 from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 
-from lightning_prune.pruning.controller import EVENT_CODES, Controller, Decision
+from lightning_prune.pruning.controller import Controller
 from lightning_prune.pruning.criteria import Importance, build_criterion
-from lightning_prune.pruning.granularity import NM, build_granularity
-from lightning_prune.pruning.masks import MaskStore, reset_optimizer_state, select_params
+from lightning_prune.pruning.feedback import MetricFeedback
+from lightning_prune.pruning.granularity import NM, Structured, build_granularity
+from lightning_prune.pruning.masks import MaskStore, reset_optimizer_state
 from lightning_prune.pruning.options import check_options, check_patterns
 from lightning_prune.pruning.regrowth import Shadows
+from lightning_prune.pruning.reporting import PruningReport
+from lightning_prune.pruning.roles import learn_roles
 from lightning_prune.pruning.running_stats import RunningStats
 from lightning_prune.pruning.schedules import SparsitySchedule
-from lightning_prune.pruning.stats import (
-    build_summary,
-    logged_metrics,
-    measure_macs,
-    render_summary,
+from lightning_prune.pruning.selection import PrunableParam, check_no_overlap, select_params
+from lightning_prune.pruning.stats import render_summary
+from lightning_prune.pruning.trace import ForwardTrace
+from lightning_prune.pruning.trainer_support import (
+    batch_size,
+    in_spawned_worker,
+    remaining_steps,
+    write_handoff,
 )
 from lightning_prune.pruning.updater import MaskUpdater
 
@@ -34,8 +43,11 @@ from lightning_prune.pruning.updater import MaskUpdater
 INERT_REFRESH_STEPS = 10_000
 
 
-class AdaptivePruning(pl.Callback):
-    """Prune Linear/Conv2d weights during training, adapting to the validation metric.
+class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
+    """Prune the weights of a model during training, adapting to the validation metric.
+
+    Covers Linear, Conv1d/2d/3d, ConvTranspose*, MultiheadAttention, RNN/LSTM/GRU and, opt-in,
+    Embedding weights (see `selection`); tied weights share one mask.
 
     Args:
         target_sparsity: final fraction of pruned weights in [0, 1), or "auto" (the controller
@@ -48,13 +60,16 @@ class AdaptivePruning(pl.Callback):
         nm: the N:M pattern for granularity "n:m", e.g. "2:4" (target becomes 1 - N/M).
         allocation: "global" ranking, "layerwise" uniform, or "lamp" (Lee et al. 2021).
         min_density: fraction of weights every layer keeps, e.g. 0.005.
-        output_min_density: the same for the output layer (the last matched one).
-        include: module-name globs to prune, e.g. ["net.*"]; default every Linear/Conv2d.
+        output_min_density: the same for the output layer (the one that ran last in the first
+            training forward; structured pruning keeps it whole).
+        include: module-name globs to prune, e.g. ["net.*"]; default every covered module.
         exclude: module-name globs to leave dense, e.g. ["net.0"].
         schedule: "cubic" (Zhu & Gupta 2017), "linear" or "oneshot".
         start: fraction of the optimizer steps at which pruning starts, e.g. 0.1.
         end: fraction at which the target is reached; the rest of training fine-tunes.
         frequency: optimizer steps between mask updates.
+        total_steps: optimizer steps of the whole training, for Trainers that cannot tell it
+            (`max_epochs=-1`, an IterableDataset without `__len__`); default: the Trainer's.
         regrowth: "none", "dns" (shadow weights spliced back) or "rigl" (dense-gradient growth).
         regrow_fraction: fraction of kept weights swapped per update (cosine-decayed to `end`).
         monitor: logged validation metric for the controller, e.g. "val_acc"; None disables it.
@@ -64,6 +79,9 @@ class AdaptivePruning(pl.Callback):
         backoff_step: sparsity given back by one back-off (best pruned weights regrow).
         auto_initial: first target of target_sparsity="auto".
         raise_factor: one "auto" raise multiplies the remaining density by this.
+        prune_frozen: also prune weights with `requires_grad=False` (by magnitude); by default
+            frozen weights (a frozen backbone) stay dense.
+        embeddings: also prune `nn.Embedding` weights.
         verbose: print the per-layer table and the decisions at the end of fit.
 
     Example::
@@ -88,6 +106,7 @@ class AdaptivePruning(pl.Callback):
         start: float = 0.0,
         end: float = 0.7,
         frequency: int = 50,
+        total_steps: int | None = None,
         regrowth: str = "none",
         regrow_fraction: float = 0.1,
         monitor: str | None = "val_acc",
@@ -97,70 +116,107 @@ class AdaptivePruning(pl.Callback):
         backoff_step: float = 0.02,
         auto_initial: float = 0.5,
         raise_factor: float = 0.5,
+        prune_frozen: bool = False,
+        embeddings: bool = False,
         verbose: bool = True,
     ) -> None:
         options = dict(locals())
         options.pop("self")
         options.pop("__class__", None)
         check_options(options)
+        self.options = options
         self.include = check_patterns("include", include)
         self.exclude = check_patterns("exclude", exclude)
-        self.criterion = (
-            criterion
-            if isinstance(criterion, Importance)
-            else build_criterion(criterion, criterion_kwargs)
-        )
         self.granularity = build_granularity(granularity, nm)
         if isinstance(self.granularity, NM):
             target = self.granularity.sparsity
         else:
             target = auto_initial if target_sparsity == "auto" else float(target_sparsity)
         self.target = target
-        self.schedule = SparsitySchedule(schedule, start, end)
         self.frequency, self.monitor, self.verbose = frequency, monitor, verbose
-        self.regrowth = regrowth
+        self.regrowth, self.total_steps = regrowth, total_steps
+        self.prune_frozen, self.embeddings = prune_frozen, embeddings
+        # rank 0 of a ddp_spawn run leaves its result here for the main process
+        self._handoff_path = os.path.join(
+            tempfile.gettempdir(), f"lightning_prune_{uuid.uuid4().hex}.pt"
+        )
+        self._handoff: dict[str, Any] | None = None
+        self._new_run()
+
+    def _new_run(self) -> None:
+        """Fresh per-model state: a callback reused for another model starts from scratch."""
+        o = self.options
+        criterion = o["criterion"]
+        self.criterion = (
+            criterion
+            if isinstance(criterion, Importance)
+            else build_criterion(criterion, o["criterion_kwargs"])
+        )
+        self.schedule = SparsitySchedule(o["schedule"], o["start"], o["end"])
         self.controller = (
             None
-            if monitor is None
+            if self.monitor is None
             else Controller(
-                mode, tolerance, patience, backoff_step, target,
-                auto=target_sparsity == "auto", max_sparsity=max_sparsity,
-                raise_factor=raise_factor,
+                o["mode"], o["tolerance"], o["patience"], o["backoff_step"], self.target,
+                auto=o["target_sparsity"] == "auto", max_sparsity=o["max_sparsity"],
+                raise_factor=o["raise_factor"],
             )
         )  # fmt: skip
         self.updater = MaskUpdater(
-            self.criterion, self.granularity, allocation, min_density, output_min_density,
-            regrowth, regrow_fraction,
+            self.criterion, self.granularity, o["allocation"], o["min_density"],
+            o["output_min_density"], self.regrowth, o["regrow_fraction"],
         )  # fmt: skip
         self.store: MaskStore | None = None
         self.stats = RunningStats(self.criterion.requires)
         # at most half the steps between mask updates pay for gathering statistics
-        self.stats_window = min(self.stats.window, max(1, frequency // 2))
+        self.stats_window = min(self.stats.window, max(1, self.frequency // 2))
         self.shadows: Shadows | None = None
         self.applied_goal = 0.0
         self._module: pl.LightningModule | None = None
-        self._macs: dict[str, int] | None = None
+        self._candidates: list[PrunableParam] = []
+        self._trace: ForwardTrace | None = None
+        self._macs: dict[str, int] = {}
+        self._coverage = 1.0
+        self._roles_known = False
         self._force_update = False
-        self._last_step = -1
+        self._clock = 0  # ramp steps done (see trainer_support for the unit)
+        self._batch_open = False
         self._refresh_at = -1
-        self._last_validation_step = 0
+        self._last_validation_clock = 0
         self._restored = False
         self._pending_state: dict[str, Any] | None = None
         self._seen_validation = False
+
+    @property
+    def state_key(self) -> str:
+        """Unique per configuration, so several instances can share one Trainer."""
+        o = self.options
+        return self._generate_state_key(
+            target_sparsity=o["target_sparsity"], granularity=o["granularity"],
+            include=list(self.include), exclude=list(self.exclude),
+        )  # fmt: skip
 
     # ---- setup and state -------------------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Select the parameters and create all-ones masks (raises if nothing matches)."""
-        if self.store is not None and self._module is pl_module:
+        if self._module is pl_module and self.store is not None:
             return
-        params = select_params(pl_module, self.include, self.exclude)
-        self.granularity.check(params)
-        self._module = pl_module
-        self.store = MaskStore(params)
-        self.shadows = Shadows(params) if self.regrowth == "dns" else None
+        if self._module is not None:
+            self._new_run()
+        params = select_params(pl_module, self.include, self.exclude, self.embeddings)
+        if not isinstance(self.granularity, Structured):
+            self.granularity.check(params)
+        others = [c for c in trainer.callbacks if isinstance(c, AdaptivePruning) and c is not self]
+        check_no_overlap(params, [c.store.param_list for c in others if c.store is not None])
+        self._module, self._candidates = pl_module, params
+        self._build_store(params)
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
+
+    def _build_store(self, params: list[PrunableParam]) -> None:
+        self.store = MaskStore(params)
+        self.shadows = Shadows(params) if self.regrowth == "dns" else None
 
     def state_dict(self) -> dict[str, Any]:
         """Masks, shadows, running statistics, schedule and controller (weights_only-safe)."""
@@ -174,7 +230,8 @@ class AdaptivePruning(pl.Callback):
             "schedule": self.schedule.state_dict(),
             "controller": self.controller.state_dict() if self.controller else {},
             "applied_goal": self.applied_goal,
-            "last_validation_step": self._last_validation_step,
+            "clock": self._clock,
+            "last_validation_clock": self._last_validation_clock,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -185,9 +242,14 @@ class AdaptivePruning(pl.Callback):
             return
         self._pending_state = None
         masks = state_dict["masks"]
-        missing = set(self.store.masks) ^ set(masks)
-        if missing:
-            raise ValueError(f"AdaptivePruning: checkpoint masks do not match the model: {missing}")
+        by_name = {p.name: p for p in self._candidates}
+        unknown = set(masks) - set(by_name)
+        if unknown:
+            raise ValueError(
+                f"AdaptivePruning: checkpoint masks do not match the model: {sorted(unknown)}"
+            )
+        if set(masks) != set(self.store.masks):  # frozen weights were left out in that run
+            self._build_store([by_name[n] for n in by_name if n in masks])
         self.store.set_masks(masks)
         if self.shadows is not None:
             self.shadows.load_state_dict(state_dict.get("shadows", {}))
@@ -198,74 +260,96 @@ class AdaptivePruning(pl.Callback):
         if self.controller is not None and state_dict.get("controller"):
             self.controller.load_state_dict(state_dict["controller"])
         self.applied_goal = float(state_dict.get("applied_goal", 0.0))
-        self._last_validation_step = int(state_dict.get("last_validation_step", 0))
-        self._restored = True
+        self._clock = int(state_dict.get("clock", 0))
+        self._last_validation_clock = int(state_dict.get("last_validation_clock", 0))
+        # a Tuner's temporary checkpoint is taken before the ramp was placed: place it again
+        self._restored = self.schedule.total_steps > 0
+        self._roles_known = self._roles_known and self._restored
 
     # ---- training hooks --------------------------------------------------------------------
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Place the ramp (after any batch-size or learning-rate finder changed the run)."""
         assert self.store is not None
         if not self._restored:
-            self.schedule.bind(trainer.estimated_stepping_batches, self.target)
+            remaining = remaining_steps(trainer, self.total_steps)
+            self.schedule.bind(remaining, self.target)
+            self._clock = 0
+            self._restored = True
+            if trainer.global_step > 0 and remaining < 2 * self.frequency:
+                rank_zero_warn(
+                    f"AdaptivePruning: only {remaining} optimizer steps remain in this resumed "
+                    f"run (frequency={self.frequency}); the target {self.target:.2%} is reached "
+                    "at once, with little fine-tuning. Raise max_epochs to prune gradually."
+                )
         device = next(iter(self.store.params.values())).param.device
         self.store.to(device)
         if self.shadows is not None:
             self.shadows.values = {n: v.to(device) for n, v in self.shadows.values.items()}
         self.stats.attach(list(self.store.params.values()))
         self.store.apply_to_weights()
-        example = getattr(pl_module, "example_input_array", None)
-        if example is not None:
-            self._measure(pl_module, example)
-
-    def _measure(self, pl_module: pl.LightningModule, example: Any) -> None:
-        if isinstance(example, torch.Tensor):
-            example = example.to(pl_module.device)
-        try:
-            self._macs = measure_macs(pl_module, example)
-        except Exception as err:  # a model that cannot run the example: report, do not fail
-            rank_zero_warn(f"AdaptivePruning: FLOPs not measured ({err})")
-            self._macs = {}
+        if not self._roles_known and self._trace is None:
+            self._trace = ForwardTrace(self._candidates)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
-        if self._macs is None:
-            x = batch[0] if isinstance(batch, list | tuple) else batch
-            self._measure(pl_module, x[:1] if isinstance(x, torch.Tensor) else x)
+        self._batch_open = True
+        if self._trace is not None:
+            self._trace.samples += batch_size(batch)
+
+    def _learn_roles(self) -> None:
+        """After the first training forward: the output layer, frozen weights, coverage."""
+        assert self._module is not None and self.store is not None
+        trace, self._trace = self._trace, None
+        self._roles_known = True
+        roles = learn_roles(self._module, self._candidates, self.store, trace, self.prune_frozen)
+        self._macs, self._coverage = roles.macs or self._macs, roles.coverage
+        if roles.kept is not None and self.applied_goal == 0:
+            self._build_store(roles.kept)
+            self.stats.attach(roles.kept)
+        if isinstance(self.granularity, Structured):
+            self.granularity.check(list(self.store.params.values()))
 
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
         assert self.store is not None
-        step = trainer.global_step
-        if step != self._last_step:  # once per step, even with several optimizers
-            self._last_step = step
-            # gradient statistics are running means with a short memory: gather them only
-            # in the `stats_window` steps before each mask update
-            after_ramp = self.controller is not None
-            shadows_active = self._shadows_active(step)
-            if self.schedule.before_update(step, self.frequency, self.stats_window, after_ramp):
-                weights = (
-                    self.shadows.effective(self.store.params, self.store.pruned_float)
-                    if shadows_active
-                    else None
-                )
-                self.stats.observe_grads(self.store.param_list, weights)
-            if shadows_active:
-                group = optimizer.param_groups[0]
-                adaptive = "betas" in group  # Adam-family: steps of about lr whatever the grad
-                self.shadows.step(
-                    self.store.params, self.store.pruned_float, float(group["lr"]), adaptive
-                )
-            paused = self.controller is not None and self.controller.paused
-            self.schedule.tick(step, paused)
-            if self._force_update or self.schedule.update_due(
-                step, self.frequency, self.applied_goal, self.regrowth != "none"
-            ):
-                self._update_masks(trainer, step)
-            elif self.applied_goal > 0 and (
-                step % INERT_REFRESH_STEPS == 0 or step == self._refresh_at
-            ):  # state the optimizer created after the last update, or decayed second moments
-                reset_optimizer_state(trainer.optimizers, self.store.params, self.store.masks)
+        if not self._roles_known:
+            self._learn_roles()
+        if self._batch_open:  # once per ramp step, even with several optimizers
+            self._batch_open = False
+            self._ramp_step(trainer, optimizer, self._clock)
+            self._clock += 1
         self.store.mask_grads()
+
+    def _ramp_step(self, trainer: pl.Trainer, optimizer: torch.optim.Optimizer, step: int) -> None:
+        """Statistics, shadow weights, the ramp's clock and (when due) a mask update."""
+        # gradient statistics are running means with a short memory: gather them only
+        # in the `stats_window` steps before each mask update
+        after_ramp = self.controller is not None
+        shadows_active = self._shadows_active(step)
+        if self.schedule.before_update(step, self.frequency, self.stats_window, after_ramp):
+            weights = (
+                self.shadows.effective(self.store.params, self.store.pruned_float)
+                if shadows_active
+                else None
+            )
+            self.stats.observe_grads(self.store.param_list, weights)
+        if shadows_active:
+            group = optimizer.param_groups[0]
+            adaptive = "betas" in group  # Adam-family: steps of about lr whatever the grad
+            self.shadows.step(
+                self.store.params, self.store.pruned_float, float(group["lr"]), adaptive
+            )
+        paused = self.controller is not None and self.controller.paused
+        self.schedule.tick(step, paused)
+        if self._force_update or self.schedule.update_due(
+            step, self.frequency, self.applied_goal, self.regrowth != "none"
+        ):
+            self._update_masks(trainer, step)
+        elif self.applied_goal > 0 and (
+            step % INERT_REFRESH_STEPS == 0 or step == self._refresh_at
+        ):  # state the optimizer created after the last update, or decayed second moments
+            reset_optimizer_state(trainer.optimizers, self.store.params, self.store.masks)
 
     def _shadows_active(self, step: int) -> bool:
         """DNS shadows train only while they can still be spliced back: once something is
@@ -306,82 +390,6 @@ class AdaptivePruning(pl.Callback):
         self.applied_goal = goal
         self._log(trainer, self._metrics())
 
-    # ---- controller ------------------------------------------------------------------------
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.controller is None or trainer.sanity_checking or self.store is None:
-            return
-        if trainer.state.fn != "fit":
-            return
-        logs = trainer.callback_metrics
-        if self.monitor not in logs:
-            raise RuntimeError(
-                f"AdaptivePruning(monitor={self.monitor!r}): the monitored metric was never "
-                f"logged. Log it with self.log({self.monitor!r}, ...) in validation, pass one of "
-                f"the logged metrics {sorted(logs)}, or set monitor=None."
-            )
-        metric = float(logs[self.monitor].squeeze())
-        if trainer.world_size > 1:
-            metric = float(trainer.strategy.broadcast(metric, src=0))
-        step = trainer.global_step
-        decision = self.controller.observe(
-            metric,
-            step,
-            pruning_started=self.applied_goal > 0,
-            ramp_done=self.schedule.progress >= 1.0,
-            sparsity=self.store.sparsity(),
-        )
-        self._apply_decision(decision, step)
-        self._last_validation_step = step
-        self._seen_validation = True
-        self._log(trainer, {**self._metrics(), "pruning/event": float(EVENT_CODES[decision.kind])})
-
-    def _apply_decision(self, decision: Decision, step: int) -> None:
-        if decision.kind == "reference" and self.controller.reference_after_start:
-            rank_zero_warn(
-                "AdaptivePruning: pruning started before the first validation, so the reference "
-                f"{self.monitor}={decision.metric:.4f} was measured on a partly pruned model; "
-                "use start > 0 to measure it on the dense model."
-            )
-        if decision.kind == "backoff":
-            self.schedule.retarget(decision.new_sparsity)
-            self._force_update = True
-        elif decision.kind == "raise":
-            interval = max(self.frequency, step - self._last_validation_step)
-            self.schedule.retarget(decision.new_sparsity, length=interval)
-
-    # ---- reporting -------------------------------------------------------------------------
-
-    def _metrics(self) -> dict[str, float]:
-        return logged_metrics(self.summary(events=False))
-
-    @staticmethod
-    def _log(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-
-    @property
-    def target_sparsity(self) -> float:
-        """The current target (lowered by back-offs, raised by "auto")."""
-        return self.controller.target if self.controller is not None else self.schedule.final
-
-    @property
-    def ramp_progress(self) -> float:
-        """Fraction of the sparsity ramp done (1 once it reached the target)."""
-        return self.schedule.progress
-
-    @property
-    def masks(self) -> dict[str, torch.Tensor]:
-        """Boolean keep-masks by parameter name (True = kept)."""
-        return dict(self.store.masks) if self.store is not None else {}
-
-    def summary(self, events: bool = True) -> dict[str, Any]:
-        """Sparsity, target, nonzero/total params, FLOPs (sparse, dense), per-layer, events."""
-        if self.store is None or self._module is None:
-            raise RuntimeError("AdaptivePruning.summary() needs a model: call trainer.fit first")
-        events = [dict(e) for e in self.controller.events] if events and self.controller else []
-        return build_summary(self.store, self._module, self._macs, self.target_sparsity, events)
-
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.stats.detach()
         if self.controller is not None and not self._seen_validation:
@@ -391,7 +399,17 @@ class AdaptivePruning(pl.Callback):
             )
         if self.store is None:
             return
+        self.store.apply_to_weights()  # after callbacks that replace weights (SWA)
         self._log(trainer, self._metrics())
+        if trainer.is_global_zero and in_spawned_worker(trainer):
+            masks = {n: m.cpu() for n, m in self.store.masks.items()}
+            write_handoff(self._handoff_path, {"masks": masks, "summary": self.summary()})
         if self.verbose and trainer.is_global_zero:
             shapes = {n: tuple(p.param.shape) for n, p in self.store.params.items()}
             render_summary(self.summary(), shapes)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._trace is not None:
+            self._trace.remove()
+            self._trace = None
+        self.stats.detach()

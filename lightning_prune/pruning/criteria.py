@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from lightning_prune.pruning.masks import PrunableParam
 from lightning_prune.pruning.running_stats import RunningStats
+from lightning_prune.pruning.selection import PrunableParam
 
 CRITERIA: dict[str, type[Importance]] = {}
 

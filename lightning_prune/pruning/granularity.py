@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lightning_prune.pruning.masks import PrunableParam
+from lightning_prune.pruning.selection import PrunableParam
 
 GRANULARITIES = ("unstructured", "structured", "n:m")
 
@@ -49,7 +49,8 @@ class Unstructured:
 
 
 class Structured:
-    """Output neurons of Linear / output channels of Conv2d, scored by their mean weight score.
+    """Output units (Linear rows, conv output channels, RNN gate rows), scored by their mean
+    weight score.
 
     The output layer is kept whole (removing its rows would remove classes).
     """
@@ -64,17 +65,21 @@ class Structured:
             )
 
     def group_scores(self, param: PrunableParam, score: torch.Tensor) -> torch.Tensor:
-        return score.reshape(score.shape[0], -1).mean(dim=1)
+        units = score.movedim(param.unit_axis, 0)
+        return units.reshape(units.shape[0], -1).mean(dim=1)
 
     def group_size(self, param: PrunableParam) -> int:
-        return param.param[0].numel()
+        return param.param.numel() // param.param.shape[param.unit_axis]
 
     def expand(self, param: PrunableParam, keep: torch.Tensor) -> torch.Tensor:
         shape = param.param.shape
-        return keep.view(-1, *([1] * (len(shape) - 1))).expand(shape).clone()
+        view = [1] * len(shape)
+        view[param.unit_axis] = -1
+        return keep.view(view).expand(shape).clone()
 
     def groups_of(self, param: PrunableParam, mask: torch.Tensor) -> torch.Tensor:
-        return mask.reshape(mask.shape[0], -1).any(dim=1)
+        units = mask.movedim(param.unit_axis, 0)
+        return units.reshape(units.shape[0], -1).any(dim=1)
 
 
 class NM:
@@ -91,7 +96,7 @@ class NM:
 
     def check(self, params: Sequence[PrunableParam]) -> None:
         for p in params:
-            inputs = p.param.shape[1]
+            inputs = p.param.shape[p.block_axis]
             if inputs % self.m:
                 raise ValueError(
                     f"nm='{self.n}:{self.m}': M={self.m} does not divide the input dimension "
@@ -99,24 +104,18 @@ class NM:
                     "or choose another M"
                 )
 
-    def _blocks(self, tensor: torch.Tensor) -> torch.Tensor:
-        moved = tensor.movedim(1, -1) if tensor.dim() == 4 else tensor
-        return moved.reshape(-1, self.m)
-
-    def _unblock(self, blocks: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-        if len(shape) == 4:
-            out, inp, kh, kw = shape
-            return blocks.reshape(out, kh, kw, inp).movedim(-1, 1).contiguous()
-        return blocks.reshape(shape)
-
-    def mask(self, rank_scores: torch.Tensor, pruned_per_block: int) -> torch.Tensor:
-        """Keep the M - pruned_per_block highest-scoring weights of each block of M."""
-        blocks = self._blocks(rank_scores)
+    def mask(
+        self, rank_scores: torch.Tensor, pruned_per_block: int, block_axis: int = 1
+    ) -> torch.Tensor:
+        """Keep the M - pruned_per_block highest-scoring weights of each block of M consecutive
+        weights along `block_axis` (the input dimension)."""
+        moved = rank_scores.movedim(block_axis, -1)
+        blocks = moved.reshape(-1, self.m)
         keep = torch.ones_like(blocks, dtype=torch.bool)
         if pruned_per_block > 0:
             lowest = blocks.argsort(dim=1, stable=True)[:, :pruned_per_block]
             keep.scatter_(1, lowest, False)
-        return self._unblock(keep, rank_scores.shape)
+        return keep.reshape(moved.shape).movedim(-1, block_axis).contiguous()
 
 
 def build_granularity(granularity: str, nm: str) -> Unstructured | Structured | NM:

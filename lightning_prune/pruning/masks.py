@@ -1,4 +1,4 @@
-"""Which weights are prunable, and the boolean masks that keep pruned weights at exactly zero.
+"""Boolean masks that keep pruned weights at exactly zero, and the optimizer state they need.
 
 Masks live here (in the callback's state), never on the model: the model's `state_dict` keeps
 its plain keys, so a pruned checkpoint loads into the unpruned architecture without this package.
@@ -6,72 +6,17 @@ its plain keys, so a pruned checkpoint loads into the unpruned architecture with
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv2d)
+from lightning_prune.pruning.selection import PrunableParam
+
 FIRST_MOMENTS = ("exp_avg", "momentum_buffer")  # what moves a weight without a gradient
 SECOND_MOMENTS = ("exp_avg_sq", "max_exp_avg_sq")
 # Second moment of a pruned weight: any positive value keeps its Adam update exactly zero (the
 # first moment and the gradient are zero); 0 would make Adam's sqrt several times slower on CPU.
 INERT_SECOND_MOMENT = 1.0
-
-
-@dataclass(frozen=True)
-class PrunableParam:
-    """One prunable weight: its parameter name, owning module and whether it is the output layer."""
-
-    name: str
-    module_name: str
-    module: nn.Module
-    param: nn.Parameter
-    is_output: bool = False
-
-    @property
-    def kind(self) -> str:
-        return "conv" if isinstance(self.module, nn.Conv2d) else "linear"
-
-
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns)
-
-
-def select_params(
-    model: nn.Module, include: Sequence[str], exclude: Sequence[str]
-) -> list[PrunableParam]:
-    """Weights of Linear/Conv2d modules whose name matches `include` and not `exclude`.
-
-    The last matched module (in registration order) is flagged as the output layer, which gets
-    a higher density floor. Raises a ValueError naming `include` when nothing matches.
-    """
-    candidates = [(n, m) for n, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)]
-    chosen = [
-        (n, m)
-        for n, m in candidates
-        if _matches(n, include) and not _matches(n, exclude) and m.weight is not None
-    ]
-    if not chosen:
-        names = [n for n, _ in candidates]
-        raise ValueError(
-            f"AdaptivePruning: no parameter matched include={list(include)} "
-            f"(exclude={list(exclude)}); prunable Linear/Conv2d modules are {names[:20]}"
-            + (" ..." if len(names) > 20 else "")
-        )
-    last = len(chosen) - 1
-    return [
-        PrunableParam(
-            name=f"{n}.weight" if n else "weight",
-            module_name=n,
-            module=m,
-            param=m.weight,
-            is_output=i == last,
-        )
-        for i, (n, m) in enumerate(chosen)
-    ]
 
 
 class MaskStore:

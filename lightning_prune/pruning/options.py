@@ -71,6 +71,12 @@ def check_options(o: dict[str, Any]) -> None:
     freq = o["frequency"]
     if not isinstance(freq, int) or isinstance(freq, bool) or freq < 1:
         raise ValueError(f"frequency must be a positive integer (optimizer steps), got {freq!r}")
+    total = o["total_steps"]
+    if total is not None and (not isinstance(total, int) or isinstance(total, bool) or total < 1):
+        raise ValueError(f"total_steps must be a positive integer or None, got {total!r}")
+    for flag in ("prune_frozen", "embeddings", "verbose"):
+        if not isinstance(o[flag], bool):
+            raise ValueError(f"{flag} must be True or False, got {o[flag]!r}")
     check_choice("regrowth", o["regrowth"], REGROWTH)
     check_fraction("regrow_fraction", o["regrow_fraction"], 0.0, 1.0, closed_high=False)
     if o["monitor"] is not None and not isinstance(o["monitor"], str):

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
-from lightning_prune.pruning.masks import PrunableParam
+from lightning_prune.pruning.selection import PrunableParam
 
 REGROWTH = ("none", "dns", "rigl")
 

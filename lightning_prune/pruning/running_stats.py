@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lightning_prune.pruning.masks import PrunableParam
+from lightning_prune.pruning.selection import CONV_TYPES, TRANSPOSED_TYPES, PrunableParam
 
 STATISTICS = ("grad", "taylor", "activation")
 
@@ -81,17 +81,18 @@ class RunningStats:
         if "activation" not in self.required:
             return
         for p in params:
-            self._hooks.append(p.module.register_forward_hook(self._make_hook(p.name)))
+            channels_first = isinstance(p.module, CONV_TYPES + TRANSPOSED_TYPES)
+            hook = self._make_hook(p.name, channels_first)
+            self._hooks.append(p.module.register_forward_hook(hook))
 
-    def _make_hook(self, name: str):
+    def _make_hook(self, name: str, channels_first: bool):
         def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
             if not module.training or not isinstance(output, torch.Tensor):
                 return
             with torch.no_grad():
                 out = output.detach()
-                dims = [
-                    d for d in range(out.dim()) if d != (1 if out.dim() == 4 else out.dim() - 1)
-                ]
+                unit_dim = 1 if channels_first and out.dim() > 2 else out.dim() - 1
+                dims = [d for d in range(out.dim()) if d != unit_dim]
                 self._ema(self.act_mean, name, out.abs().mean(dim=dims))
                 self._ema(self.act_positive, name, (out > 0).float().mean(dim=dims))
 

@@ -1,8 +1,8 @@
 """What pruning bought: sparsity per layer, nonzero parameters, and a FLOPs estimate.
 
-FLOPs are 2 x multiply-accumulates of Linear and Conv2d layers, measured once with forward hooks
-on an example input; a pruned layer's MACs scale with its weight density (the ideal sparse
-kernel). Other layers (BN, pooling, activations) are not counted.
+FLOPs are 2 x multiply-accumulates of the prunable weights, counted with forward hooks on one
+forward (`trace.ForwardTrace`); a pruned weight's MACs scale with its density (the ideal sparse
+kernel). Other work (BN, pooling, activations, attention scores) is not counted.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_prune.pruning.masks import PRUNABLE_TYPES, MaskStore
+from lightning_prune.pruning.masks import MaskStore
 
 
 def layer_sparsity(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
@@ -32,21 +32,11 @@ def nonzero_params(model: nn.Module) -> tuple[int, int]:
 
 @torch.no_grad()
 def measure_macs(model: nn.Module, example: Any) -> dict[str, int]:
-    """Dense MACs per Linear/Conv2d module (keyed by '<module>.weight') for one example."""
-    macs: dict[str, int] = {}
-    hooks = []
+    """Dense MACs per prunable weight (keyed by parameter name) for one example."""
+    from lightning_prune.pruning.selection import select_params
+    from lightning_prune.pruning.trace import ForwardTrace
 
-    def make_hook(name: str):
-        def hook(module: nn.Module, inputs, output: torch.Tensor) -> None:
-            per_output = module.weight[0].numel()  # Linear: in; Conv2d: in/groups * kh * kw
-            batch = output.shape[0] if output.dim() > 1 else 1
-            macs[name] = macs.get(name, 0) + int(output.numel() // batch) * per_output
-
-        return hook
-
-    for name, module in model.named_modules():
-        if isinstance(module, PRUNABLE_TYPES):
-            hooks.append(module.register_forward_hook(make_hook(f"{name}.weight")))
+    trace = ForwardTrace(select_params(model, ("*",), ()))
     was_training = model.training
     model.eval()
     try:
@@ -57,10 +47,9 @@ def measure_macs(model: nn.Module, example: Any) -> dict[str, int]:
         else:
             model(example)
     finally:
-        for handle in hooks:
-            handle.remove()
+        trace.remove()
         model.train(was_training)
-    return macs
+    return dict(trace.macs)
 
 
 def flops(macs: Mapping[str, int], densities: Mapping[str, float]) -> tuple[float, float]:
@@ -76,8 +65,10 @@ def build_summary(
     macs: Mapping[str, int] | None,
     target: float,
     events: list[dict[str, Any]],
+    covered: float = 1.0,
 ) -> dict[str, Any]:
-    """Sparsity, target, nonzero/total params, FLOPs (sparse, dense), per-layer, events."""
+    """Sparsity, target, nonzero/total params, FLOPs (sparse, dense), per-layer, events, and
+    `coverage`: the fraction of the model's parameters the masks cover."""
     per_layer = layer_sparsity(store.masks)
     nonzero, total = nonzero_params(model)
     sparse_flops, dense_flops = flops(macs or {}, {n: 1.0 - s for n, s in per_layer.items()})
@@ -90,6 +81,7 @@ def build_summary(
         "dense_flops": dense_flops,
         "layer_sparsity": per_layer,
         "events": events,
+        "coverage": covered,
     }
 
 
@@ -132,7 +124,8 @@ def render_summary(summary: Mapping[str, Any], shapes: Mapping[str, Sequence[int
     console.print(
         f"target sparsity {summary['target']:.2%}; nonzero params "
         f"{summary['nonzero_params']:,} / {summary['total_params']:,}; "
-        f"FLOPs {summary['flops']:,.0f} / {dense:,.0f} dense ({ratio} fewer)"
+        f"FLOPs {summary['flops']:,.0f} / {dense:,.0f} dense ({ratio} fewer); masks cover "
+        f"{summary.get('coverage', 1.0):.1%} of the model's parameters"
     )
     if summary["events"]:
         events = Table(title="AdaptivePruning: controller decisions")

@@ -11,9 +11,15 @@ import torch
 from lightning_prune.pruning.allocation import allocate, lamp_transform
 from lightning_prune.pruning.criteria import Importance
 from lightning_prune.pruning.granularity import NM, Structured, Unstructured
-from lightning_prune.pruning.masks import MaskStore, PrunableParam
+from lightning_prune.pruning.masks import MaskStore
 from lightning_prune.pruning.regrowth import Shadows, swap, swap_count
 from lightning_prune.pruning.running_stats import RunningStats
+from lightning_prune.pruning.selection import PrunableParam
+
+
+def _mean(tensors: list[torch.Tensor]) -> float:
+    count = sum(t.numel() for t in tensors)
+    return float(sum(t.sum() for t in tensors)) / max(1, count)
 
 
 class MaskUpdater:
@@ -52,7 +58,25 @@ class MaskUpdater:
             if shadows is None
             else shadows.effective(store.params, store.pruned_float)
         )
-        return self.criterion.score_all(list(store.params.values()), weights, stats)
+        raw = self.criterion.score_all(list(store.params.values()), weights, stats)
+        return self._score_frozen_by_magnitude(store, raw)
+
+    def _score_frozen_by_magnitude(
+        self, store: MaskStore, raw: dict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Frozen weights (pruned only with `prune_frozen`) have no gradient, so a gradient
+        criterion would score them 0 and prune them first: they get |w| instead, scaled to the
+        mean score of the trained weights so one global ranking still compares them fairly."""
+        if not self.criterion.requires & {"grad", "taylor"}:
+            return raw
+        frozen = [name for name, p in store.params.items() if p.frozen]
+        if not frozen:
+            return raw
+        trained = [s for name, s in raw.items() if name not in frozen]
+        magnitude = {n: store.params[n].param.detach().abs().float() for n in frozen}
+        trained_mean = _mean(trained) if trained else 1.0
+        scale = trained_mean / max(_mean(list(magnitude.values())), 1e-30)
+        return {**raw, **{n: m * scale for n, m in magnitude.items()}}
 
     def _growth_scores(
         self, store: MaskStore, stats: RunningStats, raw: dict[str, torch.Tensor]
@@ -129,5 +153,5 @@ class MaskUpdater:
                 rank = torch.where(mask, torch.full_like(raw[name], math.inf), growth[name].float())
             else:
                 rank = torch.where(mask, raw[name], torch.full_like(raw[name], -1.0))
-            masks[name] = gran.mask(rank, per_block)
+            masks[name] = gran.mask(rank, per_block, store.params[name].block_axis)
         return masks

@@ -1,0 +1,61 @@
+"""The callback's half that reports: masks, summary and `pruning/...` metrics, including in
+the main process after a `ddp_spawn` fit (rank 0 leaves them in a file)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from lightning_prune.pruning.stats import build_summary, logged_metrics
+from lightning_prune.pruning.trainer_support import read_handoff
+
+
+class PruningReport:
+    """Mixin of AdaptivePruning: what a user or a logger reads about the pruning."""
+
+    def _metrics(self) -> dict[str, float]:
+        return logged_metrics(self.summary(events=False))
+
+    @staticmethod
+    def _log(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    @property
+    def target_sparsity(self) -> float:
+        """The current target (lowered by back-offs, raised by "auto")."""
+        return self.controller.target if self.controller is not None else self.schedule.final
+
+    @property
+    def ramp_progress(self) -> float:
+        """Fraction of the sparsity ramp done (1 once it reached the target)."""
+        return self.schedule.progress
+
+    def _from_worker(self) -> dict[str, Any] | None:
+        """After a ddp_spawn fit the main process reads what rank 0 left (once)."""
+        if self.store is None and self._handoff is None:
+            self._handoff = read_handoff(self._handoff_path)
+        return self._handoff if self.store is None else None
+
+    @property
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Boolean keep-masks by parameter name (True = kept)."""
+        handoff = self._from_worker()
+        if handoff is not None:
+            return dict(handoff["masks"])
+        return dict(self.store.masks) if self.store is not None else {}
+
+    def summary(self, events: bool = True) -> dict[str, Any]:
+        """Sparsity, target, nonzero/total params, FLOPs (sparse, dense), per-layer, events,
+        and the fraction of the model's parameters covered."""
+        handoff = self._from_worker()
+        if handoff is not None:
+            return {**handoff["summary"], "events": handoff["summary"]["events"] if events else []}
+        if self.store is None or self._module is None:
+            raise RuntimeError("AdaptivePruning.summary() needs a model: call trainer.fit first")
+        events = [dict(e) for e in self.controller.events] if events and self.controller else []
+        return build_summary(
+            self.store, self._module, self._macs, self.target_sparsity, events, self._coverage
+        )

@@ -1,0 +1,108 @@
+"""What one training forward reveals: which prunable layer produces the output, and MACs.
+
+Registration order says nothing about data flow (a head declared before the body, an output
+layer shared with the input embedding), so the output layer is the one whose module ran last
+in a real forward, and multiply-accumulates are counted from the shapes that really flowed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_prune.pruning.selection import TRANSPOSED_TYPES, PrunableParam
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, list | tuple):
+        for item in value:
+            found = _first_tensor(item)
+            if found is not None:
+                return found
+    return None
+
+
+def _attention_inputs(args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    names = ("query", "key", "value")
+    values = [*args[:3], *(kwargs[n] for n in names[len(args[:3]) :] if n in kwargs)]
+    return [v for v in values if isinstance(v, torch.Tensor)]
+
+
+def weight_macs(param: PrunableParam, owner: nn.Module, args, kwargs, output) -> int:
+    """Multiply-accumulates of `param` in one call of `owner` (the whole batch)."""
+    weight, module = param.param, param.module
+    if isinstance(owner, nn.Embedding):
+        return 0
+    if isinstance(owner, nn.MultiheadAttention):
+        inputs = _attention_inputs(args, kwargs)
+        if module is not owner:  # out_proj: one output row per query position
+            out = _first_tensor(output)
+            return 0 if out is None else out.numel() * weight.shape[1]
+        if param.name.endswith("in_proj_weight"):
+            rows = weight.shape[0] // 3
+            return sum(x.numel() // x.shape[-1] * rows * x.shape[-1] for x in inputs)
+        index = ("q_proj_weight", "k_proj_weight", "v_proj_weight").index(param.name.split(".")[-1])
+        x = inputs[index] if index < len(inputs) else None
+        return 0 if x is None else x.numel() // x.shape[-1] * weight.numel()
+    if isinstance(owner, nn.RNNBase):
+        x = _first_tensor(args)
+        if x is None or isinstance(args[0], nn.utils.rnn.PackedSequence):
+            return 0
+        return x.numel() // x.shape[-1] * weight.numel()
+    if isinstance(owner, TRANSPOSED_TYPES):
+        x = _first_tensor(args)
+        return 0 if x is None else x.numel() * weight[0].numel()
+    out = _first_tensor(output)
+    if out is None:
+        return 0
+    if isinstance(owner, nn.Linear):
+        return out.numel() * weight.shape[1]
+    return out.numel() * weight[0].numel()  # Conv: in/groups * kernel per output value
+
+
+class ForwardTrace:
+    """Forward hooks on the modules that own prunable weights, kept for one training forward."""
+
+    def __init__(self, params: Sequence[PrunableParam]) -> None:
+        self.params = list(params)
+        self.last_run: dict[int, int] = {}
+        self.macs: dict[str, int] = {}  # summed over every traced call
+        self.samples = 0  # examples that went through the traced forwards (set by the caller)
+        self._calls = 0
+        owners = {id(o): o for p in self.params for o in p.owners}
+        self._handles = [
+            owner.register_forward_hook(self._hook, with_kwargs=True) for owner in owners.values()
+        ]
+
+    def _hook(self, owner: nn.Module, args, kwargs, output) -> None:
+        self._calls += 1
+        self.last_run[id(owner)] = self._calls
+        for p in self.params:
+            if any(o is owner for o in p.owners):
+                try:
+                    macs = weight_macs(p, owner, args, kwargs, output)
+                except (IndexError, ValueError, RuntimeError):  # unusual call signature
+                    macs = 0
+                self.macs[p.name] = self.macs.get(p.name, 0) + macs
+
+    def macs_per_example(self) -> dict[str, int]:
+        return {n: m // max(1, self.samples) for n, m in self.macs.items()}
+
+    def output_names(self) -> set[str]:
+        """Names of the weights used by the module that ran last (empty if nothing ran)."""
+        if not self.last_run:
+            return set()
+        last = max(self.last_run.values())
+        return {
+            p.name for p in self.params if any(self.last_run.get(id(o)) == last for o in p.owners)
+        }
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
