@@ -32,11 +32,44 @@ def sparsity_at(trial: FrozenTrial, step: int) -> float:
 class SparsityMatchedPruner(optuna.pruners.BasePruner):
     """Median rule among completed trials that were at least as sparse at the same validation.
 
+    Otherwise it follows Optuna's MedianPruner (`n_startup_trials`, `n_warmup_steps` and
+    `n_min_trials` mean the same; a trial is judged by its best value so far, at its last
+    reported step, against the median of the completed trials' values at that step; nothing
+    is pruned before a trial has reported, nor while no trial has completed; asking again
+    with the same reports gives the same answer). The defaults differ (4 startup trials, 3
+    matched trials per judgement) and there is no `interval_steps`: every validation is a
+    check; the Trainer spaces validations (`val_check_interval`). It differs on purpose here:
+
+    - Sparsity matching: only completed trials whose sparsity at that validation was at least
+      the trial's own minus `slack` are peers, so a trial heading for a high target is not
+      stopped for its mid-ramp dip. A trial sparser than every peer is not judged
+      (`n_min_trials` is not met); a dense trial (or one without sparsity) is judged against
+      every completed trial, as by MedianPruner (non-finite values aside, below).
+    - Steps are validation indices and `curve[k]` (the `curve` user attribute written by
+      search/reporter.py at each validation) describes step k. Steps need not be reported
+      contiguously, but a step without a `curve` entry reads as sparsity 0 (dense): for the
+      trial judged, every completed trial is then a peer (the plain median rule); a completed
+      trial without an entry is a peer only of trials no sparser than `slack`. Reading
+      `curve[step]` (not the entry of the n-th reported value) keeps each value with the
+      sparsity of its own validation when some validations go unreported.
+    - Non-finite values (NaN, inf): a trial whose latest value is non-finite is pruned as soon
+      as `n_warmup_steps` allow, even while no trial has completed and during
+      `n_startup_trials` (MedianPruner waits for completed trials, and then prunes only when
+      every value reported so far is NaN). A NaN or infinite validation metric means the
+      weights diverged; an earlier good value does not bring them back, and no peers are
+      needed to tell (Optuna's ThresholdPruner prunes NaN without peers too). Non-finite
+      values of completed trials are no evidence: they neither set the median nor count
+      towards `n_min_trials` (MedianPruner counts them towards `n_min_trials`).
+
     Args:
-        n_startup_trials: completed trials needed before anything is pruned.
-        n_warmup_steps: validations a trial reports before it can be pruned.
-        n_min_trials: matched trials needed at a step to judge it.
-        slack: sparsity a matched trial may lack, e.g. 0.005 (rounding of masks).
+        n_startup_trials: completed trials needed before anything is pruned (>= 0).
+        n_warmup_steps: validations a trial reports before it can be pruned (>= 0): the
+            first step that can be pruned is `n_warmup_steps`.
+        n_min_trials: matched trials with a finite value needed at a step to judge it (>= 1).
+        slack: sparsity a matched trial may lack, e.g. 0.005 (rounding of masks); 0..1.
+
+    Raises:
+        ValueError: an argument is out of its range (the message names it).
     """
 
     def __init__(
@@ -46,6 +79,14 @@ class SparsityMatchedPruner(optuna.pruners.BasePruner):
         n_min_trials: int = 3,
         slack: float = 0.005,
     ) -> None:
+        if n_startup_trials < 0:
+            raise ValueError(f"n_startup_trials must be >= 0, got {n_startup_trials!r}")
+        if n_warmup_steps < 0:
+            raise ValueError(f"n_warmup_steps must be >= 0, got {n_warmup_steps!r}")
+        if n_min_trials < 1:
+            raise ValueError(f"n_min_trials must be >= 1, got {n_min_trials!r}")
+        if not 0.0 <= slack <= 1.0:
+            raise ValueError(f"slack must be between 0 and 1 inclusive, got {slack!r}")
         self.n_startup_trials, self.n_warmup_steps = n_startup_trials, n_warmup_steps
         self.n_min_trials, self.slack = n_min_trials, slack
 
@@ -54,12 +95,9 @@ class SparsityMatchedPruner(optuna.pruners.BasePruner):
         if step is None or step < self.n_warmup_steps:
             return False
         if not math.isfinite(trial.intermediate_values[step]):
-            return True
-        reported = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
-        maximize = study.direction == StudyDirection.MAXIMIZE
-        best = max(reported) if maximize else min(reported)  # as Optuna's MedianPruner
+            return True  # diverged: see the class docstring
         completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if len(completed) < self.n_startup_trials:
+        if not completed or len(completed) < self.n_startup_trials:
             return False
         own = sparsity_at(trial, step)
         matched = [
@@ -71,6 +109,9 @@ class SparsityMatchedPruner(optuna.pruners.BasePruner):
         ]
         if len(matched) < self.n_min_trials:
             return False
+        reported = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
+        maximize = study.direction == StudyDirection.MAXIMIZE
+        best = max(reported) if maximize else min(reported)  # as Optuna's MedianPruner
         median = statistics.median(matched)
         return best < median if maximize else best > median
 
