@@ -58,6 +58,9 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
         criterion_kwargs: keyword arguments of the criterion, e.g. {"statistic": "apoz"}.
         granularity: "unstructured" (weights), "structured" (output neurons/channels) or "n:m".
         nm: the N:M pattern for granularity "n:m", e.g. "2:4" (target becomes 1 - N/M).
+        attention_heads: for granularity "heads" on attention written as separate Linears:
+            module-name globs and the head count, e.g. {"q": "*.q_proj", "k": "*.k_proj",
+            "v": "*.v_proj", "out": "*.o_proj", "num_heads": 4}; nn.MultiheadAttention needs none.
         allocation: "global" ranking, "layerwise" uniform, or "lamp" (Lee et al. 2021).
         min_density: fraction of weights every layer keeps, e.g. 0.005.
         output_min_density: the same for the output layer (the one that ran last in the first
@@ -97,6 +100,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
         criterion_kwargs: dict[str, Any] | None = None,
         granularity: str = "unstructured",
         nm: str = "2:4",
+        attention_heads: dict[str, Any] | None = None,
         allocation: str = "global",
         min_density: float = 0.005,
         output_min_density: float = 0.1,
@@ -127,7 +131,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
         self.options = options
         self.include = check_patterns("include", include)
         self.exclude = check_patterns("exclude", exclude)
-        self.granularity = build_granularity(granularity, nm)
+        self.granularity = build_granularity(granularity, nm, attention_heads)
         if isinstance(self.granularity, NM):
             target = self.granularity.sparsity
         else:
@@ -199,17 +203,25 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
     # ---- setup and state -------------------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Select the parameters and create all-ones masks (raises if nothing matches)."""
-        if self._module is pl_module and self.store is not None:
-            return
-        if self._module is not None:
+        """A new model starts a new run; its weights are selected once it is fully built."""
+        if self._module is not None and self._module is not pl_module:
             self._new_run()
-        params = select_params(pl_module, self.include, self.exclude, self.embeddings)
+        self._module = pl_module
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._select(trainer)
+
+    def _select(self, trainer: pl.Trainer) -> None:
+        """Select the weights (after `configure_model`) and create all-ones masks; raises if
+        nothing matches or the granularity does not fit a layer."""
+        if self.store is not None:
+            return
+        params = select_params(self._module, self.include, self.exclude, self.embeddings)
         if not isinstance(self.granularity, Structured):
             self.granularity.check(params)
         others = [c for c in trainer.callbacks if isinstance(c, AdaptivePruning) and c is not self]
         check_no_overlap(params, [c.store.param_list for c in others if c.store is not None])
-        self._module, self._candidates = pl_module, params
+        self._candidates = params
         self._build_store(params)
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
@@ -270,7 +282,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Place the ramp (after any batch-size or learning-rate finder changed the run)."""
-        assert self.store is not None
+        self._select(trainer)
         if not self._restored:
             remaining = remaining_steps(trainer, self.total_steps)
             self.schedule.bind(remaining, self.target)

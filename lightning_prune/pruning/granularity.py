@@ -118,7 +118,9 @@ class NM:
         return keep.reshape(moved.shape).movedim(-1, block_axis).contiguous()
 
 
-def build_granularity(granularity: str, nm: str) -> Unstructured | Structured | NM:
+def build_granularity(
+    granularity: str, nm: str, attention_heads: dict | None = None
+) -> Unstructured | Structured | NM:
     if granularity == "unstructured":
         return Unstructured()
     if granularity == "structured":
