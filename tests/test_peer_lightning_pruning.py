@@ -169,7 +169,8 @@ def test_prunes_to_the_target(pruning_fn, use_global_unstructured, parameters_to
     hidden = [n for n in masks if n != "net.mlp_3.weight"]
     if allocation == "layerwise":  # 30 % of the neurons of every hidden layer
         for name in hidden:
-            assert int((~rows[name].any(dim=1)).sum()) == round(target * 32), name
+            removed = int((~rows[name].any(dim=1)).sum())
+            assert removed == round(target * 32), f"{name}: {removed} of 32 neurons pruned"
     else:  # global: the budget within one row of the largest layer
         row_size = max(masks[n][0].numel() for n in hidden)
         achieved = sum(pruned(m) for m in masks.values()) / total
@@ -555,9 +556,14 @@ DDP_SPAWN_SCRIPT = textwrap.dedent(
             limit_val_batches=0,
         )
         trainer.fit(model, SyntheticDataModule(num_train=128, batch_size=16))
-        # ddp_spawn: rank 0's weights come back to this process; the masks stayed there
+        # ddp_spawn: rank 0's weights and masks come back to this process
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        torch.save(state, f"{out}/main_weights.pt")
+        masks = {n: m.cpu() for n, m in pruning.masks.items()}
+        summary = pruning.summary()
+        torch.save(
+            {"weights": state, "masks": masks, "sparsity": summary["sparsity"]},
+            f"{out}/main.pt",
+        )
     """
 )
 
@@ -575,9 +581,14 @@ def test_ddp_spawn_on_cpu_prunes_the_model_returned_to_the_main_process(tmp_path
     rank0 = torch.load(tmp_path / "masks0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "masks1.pt", weights_only=True)
     assert sorted(rank0) == ["net.mlp_1.weight", "net.mlp_2.weight"]
-    weights = torch.load(tmp_path / "main_weights.pt", weights_only=True)
+    main = torch.load(tmp_path / "main.pt", weights_only=True)
+    weights = main["weights"]
+    assert sorted(main["masks"]) == sorted(rank0)
+    expected = sum(pruned(m) for m in rank0.values()) / sum(m.numel() for m in rank0.values())
+    assert main["sparsity"] == pytest.approx(expected)
     for name, mask in rank0.items():
         assert torch.equal(mask, rank1[name]), name  # identical masks on both ranks
+        assert torch.equal(mask, main["masks"][name]), name  # and in the main process
         assert pruned(mask) == round(0.3 * mask.numel()), name
         assert torch.all(weights[name][~mask] == 0), name  # zeros reached the main process
         assert int((weights[name] == 0).sum()) == pruned(mask), name

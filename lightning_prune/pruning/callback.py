@@ -301,7 +301,8 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
         self.stats.attach(list(self.store.params.values()))
         self.store.apply_to_weights()
         if not self._roles_known and self._trace is None:
-            self._trace = ForwardTrace(self._candidates)
+            # every covered module, matched or not: the output layer may be left out
+            self._trace = ForwardTrace(select_params(self._module, ("*",), (), embeddings=True))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
         self._batch_open = True

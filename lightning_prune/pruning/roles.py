@@ -31,7 +31,8 @@ def learn_roles(
     trace: ForwardTrace | None,
     prune_frozen: bool,
 ) -> Roles:
-    """Flag the output layer, leave frozen weights dense unless `prune_frozen`, measure coverage.
+    """Flag the output layer (`trace` watched every covered module of the model, matched or
+    not), leave frozen weights dense unless `prune_frozen`, measure coverage.
 
     Raises a ValueError (before any optimizer step) when every matched weight is frozen.
     """
@@ -39,15 +40,15 @@ def learn_roles(
     if trace is not None:
         trace.remove()
         macs = trace.macs_per_example()
-        outputs = trace.output_names()
+        outputs = trace.output_weights()
         if not outputs:
             rank_zero_warn(
-                "AdaptivePruning: no pruned module ran in the first training step; the last "
+                "AdaptivePruning: no covered module ran in the first training step; the last "
                 "matched module is taken as the output layer."
             )
-            outputs = {candidates[-1].name}
+            outputs = {id(candidates[-1].param)}
         for p in candidates:
-            p.is_output = p.name in outputs
+            p.is_output = id(p.param) in outputs
     current = list(store.params.values())
     kept = [p for p in current if prune_frozen or not p.frozen]
     if not kept:

@@ -93,13 +93,15 @@ class ForwardTrace:
     def macs_per_example(self) -> dict[str, int]:
         return {n: m // max(1, self.samples) for n, m in self.macs.items()}
 
-    def output_names(self) -> set[str]:
-        """Names of the weights used by the module that ran last (empty if nothing ran)."""
+    def output_weights(self) -> set[int]:
+        """ids of the weights used by the module that ran last (empty if nothing ran)."""
         if not self.last_run:
             return set()
         last = max(self.last_run.values())
         return {
-            p.name for p in self.params if any(self.last_run.get(id(o)) == last for o in p.owners)
+            id(p.param)
+            for p in self.params
+            if any(self.last_run.get(id(o)) == last for o in p.owners)
         }
 
     def remove(self) -> None:
