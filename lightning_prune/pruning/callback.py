@@ -187,7 +187,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
         self._batch_open = False
         self._refresh_at = -1
         self._last_validation_clock = 0
-        self._restored = False
+        self._ramp_placed = False
         self._pending_state: dict[str, Any] | None = None
         self._seen_validation = False
 
@@ -275,19 +275,19 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
         self._clock = int(state_dict.get("clock", 0))
         self._last_validation_clock = int(state_dict.get("last_validation_clock", 0))
         # a Tuner's temporary checkpoint is taken before the ramp was placed: place it again
-        self._restored = self.schedule.total_steps > 0
-        self._roles_known = self._roles_known and self._restored
+        self._ramp_placed = self.schedule.total_steps > 0
+        self._roles_known = self._roles_known and self._ramp_placed
 
     # ---- training hooks --------------------------------------------------------------------
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Place the ramp (after any batch-size or learning-rate finder changed the run)."""
         self._select(trainer)
-        if not self._restored:
+        if not self._ramp_placed:
             remaining = remaining_steps(trainer, self.total_steps)
             self.schedule.bind(remaining, self.target)
             self._clock = 0
-            self._restored = True
+            self._ramp_placed = True
             if trainer.global_step > 0 and remaining < 2 * self.frequency:
                 rank_zero_warn(
                     f"AdaptivePruning: only {remaining} optimizer steps remain in this resumed "
@@ -325,7 +325,8 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        assert self.store is not None
+        if self.store is None or not self._ramp_placed:  # inside a Tuner's trial run
+            return
         if not self._roles_known:
             self._learn_roles()
         if self._batch_open:  # once per ramp step, even with several optimizers
@@ -372,8 +373,8 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
         return step < self.schedule.end_step or self.controller is not None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        assert self.store is not None
-        self.store.apply_to_weights()
+        if self.store is not None:
+            self.store.apply_to_weights()
 
     @torch.no_grad()
     def _update_masks(self, trainer: pl.Trainer, step: int) -> None:
