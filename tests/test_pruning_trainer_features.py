@@ -324,3 +324,19 @@ def test_every_step_checkpoint_holds_exact_zeros_at_its_masks(tmp_path):
             assert torch.all(saved["state_dict"][name][~mask] == 0), (path.name, name)
             pruned_seen = max(pruned_seen, 1 - mask.float().mean().item())
     assert pruned_seen > 0.5
+
+
+def test_pruning_metrics_reach_model_checkpoint_and_early_stopping(tmp_path):
+    """`pruning/sparsity` goes through `pl_module.log`: Lightning's own callbacks monitor it."""
+    from pytorch_lightning.callbacks import EarlyStopping
+
+    callback, model = pruning(0.8, monitor="val_acc", tolerance=1.0), classifier()
+    best = ModelCheckpoint(dirpath=tmp_path, monitor="pruning/sparsity", mode="max")
+    # stops once the target is reached: sparsity no longer rises by 1e-3 for 1 validation
+    stop = EarlyStopping(monitor="pruning/sparsity", mode="max", min_delta=1e-3, patience=1)
+    fit = trainer([callback, best, stop], max_epochs=8, enable_checkpointing=True)
+    fit.fit(model, tiny_data())
+    assert fit.callback_metrics["pruning/sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert best.best_model_score == pytest.approx(0.8, abs=0.01)
+    assert stop.stopped_epoch > 0 and fit.current_epoch < 8
+    assert "pruning/event" in fit.callback_metrics

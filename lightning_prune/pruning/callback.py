@@ -190,6 +190,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
         self._ramp_placed = False
         self._pending_state: dict[str, Any] | None = None
         self._seen_validation = False
+        self._queued: dict[str, float] = {}  # metrics waiting for a hook that allows logging
 
     @property
     def state_key(self) -> str:
@@ -375,6 +376,8 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         if self.store is not None:
             self.store.apply_to_weights()
+        if self._queued:  # the controller's last decision (`log` is allowed here)
+            self._log(pl_module, {}, now=True)
 
     @torch.no_grad()
     def _update_masks(self, trainer: pl.Trainer, step: int) -> None:
@@ -402,7 +405,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
         if not reset_optimizer_state(optimizers, params, masks, changed):
             self._refresh_at = step + 1  # the optimizer creates its state at this step
         self.applied_goal = goal
-        self._log(trainer, self._metrics())
+        self._log(trainer.lightning_module, self._metrics(), now=True)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.stats.detach()
@@ -414,7 +417,9 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
         if self.store is None:
             return
         self.store.apply_to_weights()  # after callbacks that replace weights (SWA)
-        self._log(trainer, self._metrics())
+        self._queued = {}
+        for logger in trainer.loggers:
+            logger.log_metrics(self._metrics(), step=trainer.global_step)
         if trainer.is_global_zero and in_spawned_worker(trainer):
             masks = {n: m.cpu() for n, m in self.store.masks.items()}
             write_handoff(self._handoff_path, {"masks": masks, "summary": self.summary()})

@@ -37,7 +37,8 @@ class MetricFeedback:
         self._apply_decision(decision)
         self._last_validation_clock = self._clock
         self._seen_validation = True
-        self._log(trainer, {**self._metrics(), "pruning/event": float(EVENT_CODES[decision.kind])})
+        event = {"pruning/event": float(EVENT_CODES[decision.kind])}
+        self._log(pl_module, {**self._metrics(), **event}, now=False)
 
     def _apply_decision(self, decision: Decision) -> None:
         if decision.kind == "reference" and self.controller.reference_after_start:

@@ -11,6 +11,8 @@ import torch
 from lightning_prune.pruning.stats import build_summary, logged_metrics
 from lightning_prune.pruning.trainer_support import read_handoff
 
+HEADLINE = ("pruning/sparsity", "pruning/target", "pruning/event")
+
 
 class PruningReport:
     """Mixin of AdaptivePruning: what a user or a logger reads about the pruning."""
@@ -18,10 +20,22 @@ class PruningReport:
     def _metrics(self) -> dict[str, float]:
         return logged_metrics(self.summary(events=False))
 
-    @staticmethod
-    def _log(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+    def _log(self, pl_module: pl.LightningModule, metrics: dict[str, float], now: bool) -> None:
+        """Every logger gets all metrics at this step; the headline ones also go through
+        `pl_module.log`, so ModelCheckpoint and EarlyStopping can monitor them. Hooks where
+        Lightning forbids `log` (`on_validation_end`) pass `now=False`: the headline values
+        wait for the next training batch."""
+        trainer = pl_module.trainer
+        if metrics:
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=trainer.global_step)
+        headline = {k: v for k, v in metrics.items() if k in HEADLINE}
+        if not now:
+            self._queued.update(headline)
+            return
+        for name, value in {**self._queued, **headline}.items():
+            pl_module.log(name, float(value), on_step=True, on_epoch=False, batch_size=1)
+        self._queued = {}
 
     @property
     def target_sparsity(self) -> float:
