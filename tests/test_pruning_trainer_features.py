@@ -340,3 +340,40 @@ def test_pruning_metrics_reach_model_checkpoint_and_early_stopping(tmp_path):
     assert best.best_model_score == pytest.approx(0.8, abs=0.01)
     assert stop.stopped_epoch > 0 and fit.current_epoch < 8
     assert "pruning/event" in fit.callback_metrics
+
+
+class NoisySGD(torch.optim.SGD):
+    """Moves every weight, gradient or not: pruned weights must be re-zeroed after each step."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = super().step(closure)
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.add_(torch.randn_like(p), alpha=1e-3)
+        return loss
+
+
+class NoisyModel(Plain):
+    def configure_optimizers(self):
+        return NoisySGD(self.parameters(), lr=0.01)
+
+
+class ZerosEveryStep(pl.Callback):
+    def __init__(self, callback: AdaptivePruning):
+        self.callback, self.checked = callback, 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        for name, mask in self.callback.masks.items():
+            assert torch.all(pl_module.get_parameter(name)[~mask] == 0), name
+        self.checked += 1
+
+
+@pytest.mark.parametrize("model_class", [Plain, NoisyModel])
+def test_exact_zeros_after_every_step_whatever_the_optimizer(model_class):
+    callback, model = pruning(0.8), model_class()
+    checker = ZerosEveryStep(callback)
+    trainer([callback, checker], max_epochs=2).fit(model, tiny_data())
+    assert checker.checked == 16
+    assert callback._rezero_each_step == (model_class is NoisyModel)
+    assert_pruned(callback, model, 0.8)

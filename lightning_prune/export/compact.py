@@ -11,17 +11,22 @@ bias (and BatchNorm shift) when pruning it, so the constant after ReLU is 0 and 
 Coupled layers (BatchNorm, next layer's inputs, residual adds, concat) come from
 Torch-Pruning's DependencyGraph. Units that feed the model output directly are never removed.
 The copy is for inference: constants are measured in eval mode (BatchNorm running stats).
+Attention heads whose weights are all zero (granularity "heads") go too: see `export.heads`.
 """
 
 from __future__ import annotations
 
 import copy
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch_pruning as tp
 from torch import nn
+
+from lightning_prune.export.heads import replace_attention_heads, shrink_linear_heads
+from lightning_prune.pruning.attention import check_attention_heads
 
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PASS_THROUGH = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -173,16 +178,21 @@ def compact(
     example_input: Any,
     *,
     keep: list[nn.Module] | None = None,
+    attention_heads: Mapping[str, Any] | None = None,
     rtol: float = 1e-4,
     atol: float = 1e-5,
 ) -> nn.Module:
-    """Return a new, physically smaller copy of ``model`` without its dead units.
+    """Return a new, physically smaller copy of ``model`` without its dead units and heads.
 
     ``example_input`` is a tensor (or tuple/dict of inputs) for tracing. ``keep`` lists
-    modules of ``model`` whose output units must stay (the last Linear/Conv always stays).
+    modules of ``model`` whose output units (or heads) must stay (the last Linear/Conv always
+    stays). Dead heads of every nn.MultiheadAttention go (it becomes a
+    ``CompactMultiheadAttention``); ``attention_heads`` (as given to AdaptivePruning, globs
+    relative to ``model``) names attention built from separate Linears whose dead heads go too.
     The copy is in eval mode; its outputs on ``example_input`` are checked against the
     original's with ``rtol``/``atol`` and a RuntimeError is raised if they differ.
     """
+    attention_heads = check_attention_heads(attention_heads)
     was_training = model.training
     model.eval()
     try:
@@ -195,6 +205,7 @@ def compact(
     new_modules = list(new.modules())
     ignored = {new_modules[index[m]] for m in keep or []}
     ignored |= _final_output_layers(new, example_input)
+    shrink_linear_heads(new, attention_heads, ignored)  # before the graph sees dead q/k/v rows
     with torch.enable_grad():
         dg = tp.DependencyGraph().build_dependency(new, example_input, verbose=False)
     for module in [m for m in new.modules() if isinstance(m, _PRUNABLE)]:
@@ -213,6 +224,7 @@ def compact(
         for consumer, delta in deltas.items():
             _add_bias(consumer, delta)
         dg.get_pruning_group(module, out_fn, removable).prune(record_history=False)
+    replace_attention_heads(new, ignored)  # after the graph, which knows nn.MultiheadAttention
     _check_same_outputs(new, example_input, reference, rtol, atol)
     return new
 

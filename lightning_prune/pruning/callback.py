@@ -20,7 +20,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from lightning_prune.pruning.controller import Controller
 from lightning_prune.pruning.criteria import Importance, build_criterion
 from lightning_prune.pruning.feedback import MetricFeedback
-from lightning_prune.pruning.granularity import NM, Structured, build_granularity
+from lightning_prune.pruning.granularity import NM, Heads, Structured, build_granularity
 from lightning_prune.pruning.masks import MaskStore, reset_optimizer_state
 from lightning_prune.pruning.options import check_options, check_patterns
 from lightning_prune.pruning.regrowth import Shadows
@@ -36,6 +36,7 @@ from lightning_prune.pruning.trainer_support import (
     in_spawned_worker,
     remaining_steps,
     write_handoff,
+    zeros_stay_zero,
 )
 from lightning_prune.pruning.updater import MaskUpdater
 
@@ -56,7 +57,8 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
         criterion: importance score: "magnitude", "gradient", "taylor", "activation", "random",
             "hybrid", any name added with `register_criterion`, or an `Importance` instance.
         criterion_kwargs: keyword arguments of the criterion, e.g. {"statistic": "apoz"}.
-        granularity: "unstructured" (weights), "structured" (output neurons/channels) or "n:m".
+        granularity: "unstructured" (weights), "structured" (output neurons/channels), "n:m",
+            or "heads" (whole attention heads; the target then counts attention weights only).
         nm: the N:M pattern for granularity "n:m", e.g. "2:4" (target becomes 1 - N/M).
         attention_heads: for granularity "heads" on attention written as separate Linears:
             module-name globs and the head count, e.g. {"q": "*.q_proj", "k": "*.k_proj",
@@ -185,6 +187,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
         self._force_update = False
         self._clock = 0  # ramp steps done (see trainer_support for the unit)
         self._batch_open = False
+        self._rezero_each_step = True  # unless every optimizer keeps zero weights at zero
         self._refresh_at = -1
         self._last_validation_clock = 0
         self._ramp_placed = False
@@ -229,6 +232,8 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
 
     def _build_store(self, params: list[PrunableParam]) -> None:
         self.store = MaskStore(params)
+        if isinstance(self.granularity, Heads):  # the target counts attention weights only
+            self.store.dense = frozenset(self.granularity.dense_names(self.store.params))
         self.shadows = Shadows(params) if self.regrowth == "dns" else None
 
     def state_dict(self) -> dict[str, Any]:
@@ -301,6 +306,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
             self.shadows.values = {n: v.to(device) for n, v in self.shadows.values.items()}
         self.stats.attach(list(self.store.params.values()))
         self.store.apply_to_weights()
+        self._rezero_each_step = not zeros_stay_zero(trainer.optimizers)
         if not self._roles_known and self._trace is None:
             # every covered module, matched or not: the output layer may be left out
             self._trace = ForwardTrace(select_params(self._module, ("*",), (), embeddings=True))
@@ -374,7 +380,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
         return step < self.schedule.end_step or self.controller is not None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
-        if self.store is not None:
+        if self.store is not None and self._rezero_each_step:
             self.store.apply_to_weights()
         if self._queued:  # the controller's last decision (`log` is allowed here)
             self._log(pl_module, {}, now=True)

@@ -1,18 +1,24 @@
-"""What one pruning decision removes: a single weight, a whole output unit, or N of every M inputs.
+"""What one pruning decision removes: a single weight, a whole output unit, N of every M inputs,
+or a whole attention head.
 
 A granularity turns per-weight scores into per-group scores and a per-group keep vector back into
-a weight-shaped mask, so allocation and regrowth work on groups and never care about shapes.
+a weight-shaped mask, so allocation and regrowth work on groups and never care about shapes. The
+updater talks to it through four methods over all parameters at once (`score_groups`,
+`kept_groups`, `group_sizes`, `expand_all`), so one group may span several parameters (a head);
+the per-parameter granularities get them from `PerParam`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 
+from lightning_prune.pruning.attention import HeadBlock, check_attention_heads, find_blocks
 from lightning_prune.pruning.selection import PrunableParam
 
-GRANULARITIES = ("unstructured", "structured", "n:m")
+GRANULARITIES = ("unstructured", "structured", "n:m", "heads")
 
 
 def parse_nm(nm: str) -> tuple[int, int]:
@@ -27,7 +33,30 @@ def parse_nm(nm: str) -> tuple[int, int]:
     return n, m
 
 
-class Unstructured:
+class PerParam:
+    """The all-parameter interface of the updater, for granularities whose groups each lie in
+    one parameter (`group_scores`, `groups_of`, `group_size`, `expand` per parameter)."""
+
+    def score_groups(
+        self, params: Mapping[str, PrunableParam], scores: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return {name: self.group_scores(p, scores[name]) for name, p in params.items()}
+
+    def kept_groups(
+        self, params: Mapping[str, PrunableParam], masks: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return {name: self.groups_of(p, masks[name]) for name, p in params.items()}
+
+    def group_sizes(self, params: Mapping[str, PrunableParam]) -> dict[str, int]:
+        return {name: self.group_size(p) for name, p in params.items()}
+
+    def expand_all(
+        self, params: Mapping[str, PrunableParam], keep: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        return {name: self.expand(params[name], k) for name, k in keep.items()}
+
+
+class Unstructured(PerParam):
     """Each weight is its own group."""
 
     name = "unstructured"
@@ -48,7 +77,7 @@ class Unstructured:
         return mask.reshape(-1)
 
 
-class Structured:
+class Structured(PerParam):
     """Output units (Linear rows, conv output channels, RNN gate rows), scored by their mean
     weight score.
 
@@ -118,9 +147,83 @@ class NM:
         return keep.reshape(moved.shape).movedim(-1, block_axis).contiguous()
 
 
+class Heads:
+    """Whole attention heads (see `attention`): for every nn.MultiheadAttention, and every
+    separate-Linear block that `attention_heads` describes, one group per head made of its rows
+    of q, k and v and its columns of the output projection.
+
+    A head's score is the mean of the criterion's weight scores over all its weights (across
+    q, k, v and out), and its group size is that weight count, so the global budget counts
+    weights. Other weights stay dense (their masks all-ones) and are left out of the store's
+    sparsity (`MaskStore.dense`): `target_sparsity` is the fraction of attention weights pruned.
+    The block's first parameter (in_proj_weight, q_proj_weight or the q Linear's weight) is its
+    leader: it carries the block's group scores and keep vector; the block's other parameters
+    have no groups of their own and follow the leader's keep vector in `expand_all`.
+    """
+
+    name = "heads"
+
+    def __init__(self, attention_heads: Mapping[str, Any] | None = None) -> None:
+        self.attention_heads = check_attention_heads(attention_heads)
+
+    def blocks(self, params: Mapping[str, PrunableParam]) -> list[HeadBlock]:
+        """The complete blocks among `params` (a block partly dropped, frozen, stays dense)."""
+        return find_blocks(list(params.values()), self.attention_heads, strict=False)
+
+    def check(self, params: Sequence[PrunableParam]) -> None:
+        if not find_blocks(params, self.attention_heads, strict=True):
+            raise ValueError(
+                "granularity='heads' needs nn.MultiheadAttention or attention_heads=...; the "
+                "model has none"
+                + (" among the selected modules (include/exclude)" if params else "")
+            )
+
+    def dense_names(self, params: Mapping[str, PrunableParam]) -> set[str]:
+        """Parameters that no head covers: never pruned under this granularity."""
+        covered = {n for b in self.blocks(params) for n in b.names}
+        return set(params) - covered
+
+    def score_groups(
+        self, params: Mapping[str, PrunableParam], scores: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        out = {name: scores[name].new_zeros(0, dtype=torch.float32) for name in params}
+        shapes = {name: p.param.shape for name, p in params.items()}
+        for block in self.blocks(params):
+            mean = block.head_sums(scores) / block.head_size(shapes)
+            out[block.leader] = mean.float().to(scores[block.leader].device)
+        return out
+
+    def kept_groups(
+        self, params: Mapping[str, PrunableParam], masks: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        out = {name: masks[name].new_zeros(0, dtype=torch.bool) for name in params}
+        for block in self.blocks(params):
+            out[block.leader] = block.head_any(masks).to(masks[block.leader].device)
+        return out
+
+    def group_sizes(self, params: Mapping[str, PrunableParam]) -> dict[str, int]:
+        sizes = dict.fromkeys(params, 1)
+        shapes = {name: p.param.shape for name, p in params.items()}
+        for block in self.blocks(params):
+            sizes[block.leader] = block.head_size(shapes)
+        return sizes
+
+    def expand_all(
+        self, params: Mapping[str, PrunableParam], keep: Mapping[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        out = {name: torch.ones_like(params[name].param, dtype=torch.bool) for name in keep}
+        shapes = {name: p.param.shape for name, p in params.items()}
+        for block in self.blocks(params):
+            device = params[block.leader].param.device
+            out.update(block.masks(keep[block.leader], shapes, device))
+        return out
+
+
 def build_granularity(
     granularity: str, nm: str, attention_heads: dict | None = None
-) -> Unstructured | Structured | NM:
+) -> Unstructured | Structured | NM | Heads:
+    if granularity == "heads":
+        return Heads(attention_heads)
     if granularity == "unstructured":
         return Unstructured()
     if granularity == "structured":

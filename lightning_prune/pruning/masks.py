@@ -31,6 +31,9 @@ class MaskStore:
         }
         self._float: dict[str, torch.Tensor] = {}
         self.pruned_float: dict[str, torch.Tensor] = {}  # 1 where pruned (DNS shadow updates)
+        # weights the granularity never prunes (granularity "heads": all but attention); left
+        # out of kept/total/sparsity, so sparsity is measured where the target applies
+        self.dense: frozenset[str] = frozenset()
         self._refresh_float()
 
     def _refresh_float(self) -> None:
@@ -67,13 +70,14 @@ class MaskStore:
         return float(mask.sum()) / max(1, mask.numel())
 
     def kept(self) -> int:
-        return int(sum(int(m.sum()) for m in self.masks.values()))
+        return int(sum(int(m.sum()) for n, m in self.masks.items() if n not in self.dense))
 
     def total(self) -> int:
-        return int(sum(m.numel() for m in self.masks.values()))
+        return int(sum(m.numel() for n, m in self.masks.items() if n not in self.dense))
 
     def sparsity(self) -> float:
-        return 1.0 - self.kept() / max(1, self.total())
+        total = self.total()
+        return 1.0 - self.kept() / total if total else 0.0
 
     def to(self, device: torch.device) -> None:
         self.masks = {n: m.to(device) for n, m in self.masks.items()}

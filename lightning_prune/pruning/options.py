@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightning_prune.pruning.allocation import ALLOCATIONS
+from lightning_prune.pruning.attention import check_attention_heads
 from lightning_prune.pruning.controller import MODES
 from lightning_prune.pruning.criteria import CRITERIA, Importance
 from lightning_prune.pruning.granularity import GRANULARITIES, parse_nm
@@ -60,6 +61,12 @@ def check_options(o: dict[str, Any]) -> None:
         )
     check_choice("granularity", o["granularity"], GRANULARITIES)
     parse_nm(o["nm"])
+    check_attention_heads(o.get("attention_heads"))
+    if o.get("attention_heads") is not None and o["granularity"] != "heads":
+        raise ValueError(
+            "attention_heads is only used with granularity='heads', got "
+            f"granularity={o['granularity']!r}"
+        )
     check_choice("allocation", o["allocation"], ALLOCATIONS)
     check_fraction("min_density", o["min_density"], 0.0, 1.0, closed_high=True)
     check_fraction("output_min_density", o["output_min_density"], 0.0, 1.0, closed_high=True)

@@ -67,8 +67,10 @@ def build_summary(
     events: list[dict[str, Any]],
     covered: float = 1.0,
 ) -> dict[str, Any]:
-    """Sparsity, target, nonzero/total params, FLOPs (sparse, dense), per-layer, events, and
-    `coverage`: the fraction of the model's parameters the masks cover."""
+    """Sparsity, target, nonzero/total params, FLOPs (sparse, dense), per-layer, events,
+    `coverage`: the fraction of the model's parameters the masks cover, and `dense_layers`: the
+    weights the granularity never prunes (granularity "heads": all but attention), which
+    `sparsity` leaves out."""
     per_layer = layer_sparsity(store.masks)
     nonzero, total = nonzero_params(model)
     sparse_flops, dense_flops = flops(macs or {}, {n: 1.0 - s for n, s in per_layer.items()})
@@ -82,6 +84,7 @@ def build_summary(
         "layer_sparsity": per_layer,
         "events": events,
         "coverage": covered,
+        "dense_layers": sorted(store.dense),
     }
 
 
@@ -113,7 +116,10 @@ def render_summary(summary: Mapping[str, Any], shapes: Mapping[str, Sequence[int
         kept = round(count * (1.0 - sparsity))
         table.add_row(name, str(shape), f"{count:,}", f"{kept:,}", f"{sparsity:.2%}")
     table.add_section()
-    total = sum(int(torch.Size(tuple(shape)).numel()) for shape in shapes.values())
+    dense = set(summary.get("dense_layers", ()))  # not counted in summary["sparsity"]
+    total = sum(
+        int(torch.Size(tuple(shape)).numel()) for name, shape in shapes.items() if name not in dense
+    )
     kept_total = round(total * (1.0 - summary["sparsity"]))
     table.add_row(
         "all pruned layers", "", f"{total:,}", f"{kept_total:,}", f"{summary['sparsity']:.2%}"

@@ -54,6 +54,20 @@ def batch_size(batch: Any) -> int:
     return 0
 
 
+# Their update of a weight whose gradient and moments are zero is exactly zero (weight decay of a
+# zero weight included): a pruned weight stays 0 without being re-zeroed after every step.
+ZERO_PRESERVING = tuple(
+    getattr(torch.optim, name)
+    for name in ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad")
+) + (torch.optim.Adadelta,)
+
+
+def zeros_stay_zero(optimizers: list[torch.optim.Optimizer]) -> bool:
+    """True when every optimizer is one of the known zero-preserving ones (not a subclass,
+    which may change `step`)."""
+    return all(type(optimizer) in ZERO_PRESERVING for optimizer in optimizers)
+
+
 def in_spawned_worker(trainer: pl.Trainer) -> bool:
     """True in a worker of `ddp_spawn` / `ddp_fork`: its hooks never run in the main process."""
     return isinstance(getattr(trainer.strategy, "launcher", None), _MultiProcessingLauncher)

@@ -10,7 +10,7 @@ import torch
 
 from lightning_prune.pruning.allocation import allocate, lamp_transform
 from lightning_prune.pruning.criteria import Importance
-from lightning_prune.pruning.granularity import NM, Structured, Unstructured
+from lightning_prune.pruning.granularity import NM, Heads, Structured, Unstructured
 from lightning_prune.pruning.masks import MaskStore
 from lightning_prune.pruning.regrowth import Shadows, swap, swap_count
 from lightning_prune.pruning.running_stats import RunningStats
@@ -34,7 +34,7 @@ class MaskUpdater:
     def __init__(
         self,
         criterion: Importance,
-        granularity: Unstructured | Structured | NM,
+        granularity: Unstructured | Structured | NM | Heads,
         allocation: str,
         min_density: float,
         output_min_density: float,
@@ -105,33 +105,43 @@ class MaskUpdater:
     ) -> dict[str, torch.Tensor]:
         """New bool masks (per parameter name) at sparsity `goal`."""
         raw = self._raw_scores(store, stats, shadows)
+        gran = self.granularity
+        if isinstance(gran, Heads):  # sparsity is measured on the weights that heads cover
+            store.dense = frozenset(gran.dense_names(store.params))
         growing = goal < store.sparsity() - 1e-9
         growth = (
             self._growth_scores(store, stats, raw) if growing or self.regrowth != "none" else {}
         )
-        if isinstance(self.granularity, NM):
+        if isinstance(gran, NM):
             return self._update_nm(store, raw, growth, goal, growing)
-        gran = self.granularity
-        group_raw, composite, sizes, floors = {}, {}, {}, {}
-        for name, p in store.params.items():
-            scores = gran.group_scores(p, raw[name])
-            group_raw[name] = scores
+        params = store.params
+        group_raw = gran.score_groups(params, raw)
+        kept_groups = gran.kept_groups(params, store.masks)
+        group_sizes = gran.group_sizes(params)
+        group_growth = (
+            {n: s.float() for n, s in gran.score_groups(params, growth).items()} if growth else {}
+        )
+        composite, sizes, floors = {}, {}, {}
+        for name, p in params.items():
+            scores = group_raw[name]
             ranked = lamp_transform(scores) if self.allocation == "lamp" else scores
-            kept = gran.groups_of(p, store.masks[name])
+            kept = kept_groups[name]
             if growing:
-                grow = gran.group_scores(p, growth[name]).float()
+                grow = group_growth[name]
                 composite[name] = torch.where(kept, torch.full_like(ranked, math.inf), grow)
             else:
                 composite[name] = torch.where(kept, ranked, torch.full_like(ranked, -math.inf))
-            sizes[name] = gran.group_size(p)
+            sizes[name] = group_sizes[name]
             floors[name] = self.floor(p)
         method = "global" if self.allocation == "lamp" else self.allocation
         keep = allocate(composite, sizes, goal, method, floors)
         if self.regrowth != "none" and not growing:
-            keep = self._swap(store, keep, group_raw, growth, step, swap_end_step)
-        return {name: gran.expand(store.params[name], k) for name, k in keep.items()}
+            keep = self._swap(store, keep, group_raw, group_growth, step, swap_end_step)
+        return gran.expand_all(params, keep)
 
-    def _swap(self, store, keep, group_raw, growth, step, end_step) -> dict[str, torch.Tensor]:
+    def _swap(
+        self, store, keep, group_raw, group_growth, step, end_step
+    ) -> dict[str, torch.Tensor]:
         out = {}
         for name, k in keep.items():
             p = store.params[name]
@@ -140,7 +150,7 @@ class MaskUpdater:
                 continue
             kept, pruned = int(k.sum()), int((~k).sum())
             count = swap_count(kept, pruned, self.regrow_fraction, step, end_step)
-            grow = self.granularity.group_scores(p, growth[name]).float()
+            grow = group_growth[name]
             out[name] = swap(k, group_raw[name], grow, count, require_better=self.regrowth == "dns")
         return out
 
