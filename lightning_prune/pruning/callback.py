@@ -23,6 +23,7 @@ from lightning_prune.pruning.feedback import MetricFeedback
 from lightning_prune.pruning.granularity import NM, Heads, Structured, build_granularity
 from lightning_prune.pruning.masks import MaskStore, reset_optimizer_state
 from lightning_prune.pruning.options import check_options, check_patterns
+from lightning_prune.pruning.persistence import PruningState
 from lightning_prune.pruning.regrowth import Shadows
 from lightning_prune.pruning.reporting import PruningReport
 from lightning_prune.pruning.roles import learn_roles
@@ -44,7 +45,7 @@ from lightning_prune.pruning.updater import MaskUpdater
 INERT_REFRESH_STEPS = 10_000
 
 
-class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
+class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
     """Prune the weights of a model during training, adapting to the validation metric.
 
     Covers Linear, Conv1d/2d/3d, ConvTranspose*, MultiheadAttention, RNN/LSTM/GRU and, opt-in,
@@ -235,54 +236,6 @@ class AdaptivePruning(MetricFeedback, PruningReport, pl.Callback):
         if isinstance(self.granularity, Heads):  # the target counts attention weights only
             self.store.dense = frozenset(self.granularity.dense_names(self.store.params))
         self.shadows = Shadows(params) if self.regrowth == "dns" else None
-
-    def state_dict(self) -> dict[str, Any]:
-        """Masks, shadows, running statistics, schedule and controller (weights_only-safe)."""
-        if self.store is None:
-            return {}
-        return {
-            "masks": {n: m.detach().cpu().clone() for n, m in self.store.masks.items()},
-            "shadows": self.shadows.state_dict() if self.shadows is not None else {},
-            "stats": self.stats.state_dict(),
-            "criterion": self.criterion.state_dict(),
-            "schedule": self.schedule.state_dict(),
-            "controller": self.controller.state_dict() if self.controller else {},
-            "applied_goal": self.applied_goal,
-            "clock": self._clock,
-            "last_validation_clock": self._last_validation_clock,
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        if not state_dict:
-            return
-        if self.store is None:
-            self._pending_state = state_dict
-            return
-        self._pending_state = None
-        masks = state_dict["masks"]
-        by_name = {p.name: p for p in self._candidates}
-        unknown = set(masks) - set(by_name)
-        if unknown:
-            raise ValueError(
-                f"AdaptivePruning: checkpoint masks do not match the model: {sorted(unknown)}"
-            )
-        if set(masks) != set(self.store.masks):  # frozen weights were left out in that run
-            self._build_store([by_name[n] for n in by_name if n in masks])
-        self.store.set_masks(masks)
-        if self.shadows is not None:
-            self.shadows.load_state_dict(state_dict.get("shadows", {}))
-        device = next(iter(self.store.params.values())).param.device
-        self.stats.load_state_dict(state_dict.get("stats", {}), device=device)
-        self.criterion.load_state_dict(state_dict.get("criterion", {}))
-        self.schedule.load_state_dict(state_dict["schedule"])
-        if self.controller is not None and state_dict.get("controller"):
-            self.controller.load_state_dict(state_dict["controller"])
-        self.applied_goal = float(state_dict.get("applied_goal", 0.0))
-        self._clock = int(state_dict.get("clock", 0))
-        self._last_validation_clock = int(state_dict.get("last_validation_clock", 0))
-        # a Tuner's temporary checkpoint is taken before the ramp was placed: place it again
-        self._ramp_placed = self.schedule.total_steps > 0
-        self._roles_known = self._roles_known and self._ramp_placed
 
     # ---- training hooks --------------------------------------------------------------------
 
