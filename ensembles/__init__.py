@@ -4,11 +4,21 @@
 - :class:`WeightedEnsemble` -- simplex-weighted average of members (a LightningModule).
 - :func:`fit_weights` -- uniform / score / optimized / greedy weights from validation data.
 - :func:`fit_ensemble`, :func:`evaluate_ensemble` -- build on val, report on test.
-- :func:`save_ensemble`, :func:`load_ensemble`, :func:`log_ensemble` -- file and MLflow.
+- :func:`save_ensemble`, :func:`load_ensemble`, :func:`log_ensemble` -- file and MLflow;
+  :func:`load_ensemble_info`, :func:`latest_ensemble_info` read a file's settings and test
+  evaluation without building the members (the report does).
 - :func:`run_ensemble` -- the `lightning-prune ensemble` command.
 """
 
-from lightning_prune.ensembles.artifact import load_ensemble, log_ensemble, save_ensemble
+from lightning_prune.ensembles.artifact import (
+    ensemble_file,
+    ensemble_folder,
+    latest_ensemble_info,
+    load_ensemble,
+    load_ensemble_info,
+    log_ensemble,
+    save_ensemble,
+)
 from lightning_prune.ensembles.evaluate import (
     EnsembleReport,
     count_flops,
@@ -29,7 +39,6 @@ from lightning_prune.ensembles.selection import (
     Selection,
     SelectionError,
     open_study,
-    ranked_trials,
     select_members,
 )
 from lightning_prune.ensembles.weighting import WEIGHTINGS, fit_weights
@@ -48,14 +57,17 @@ __all__ = [
     "collect_log_probs",
     "combine_log_probs",
     "count_flops",
+    "ensemble_file",
+    "ensemble_folder",
     "evaluate_ensemble",
     "fit_ensemble",
     "fit_weights",
+    "latest_ensemble_info",
     "load_ensemble",
+    "load_ensemble_info",
     "log_ensemble",
     "open_study",
     "print_ensemble_result",
-    "ranked_trials",
     "report_table",
     "run_ensemble",
     "save_ensemble",

@@ -54,14 +54,34 @@ def save_ensemble(
     return path
 
 
-def load_ensemble(path: str | Path) -> tuple[WeightedEnsemble, dict[str, Any]]:
-    """Rebuild the ensemble from `save_ensemble`'s file; return it with its saved info."""
+def ensemble_folder(output_dir: str | Path) -> Path:
+    """Where the `ensemble` command keeps its files: `<output_dir>/ensembles`."""
+    return Path(output_dir) / "ensembles"
+
+
+def ensemble_file(folder: str | Path, study_name: str, weighting: str) -> Path:
+    """Where the `ensemble` command saves a study's ensemble: `<folder>/<study>-<weighting>.pt`."""
+    return Path(folder) / f"{study_name}-{weighting}.pt"
+
+
+def _read(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"ensemble file not found: {path}")
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise ValueError(f"{path} is not a lightning-prune ensemble file (format {FORMAT})")
+    return saved
+
+
+def _info(saved: dict[str, Any]) -> dict[str, Any]:
+    return {**saved["info"], "members": [m["info"] for m in saved["members"]],
+            "model_configs": [m["model_config"] for m in saved["members"]]}  # fmt: skip
+
+
+def load_ensemble(path: str | Path) -> tuple[WeightedEnsemble, dict[str, Any]]:
+    """Rebuild the ensemble from `save_ensemble`'s file; return it with its saved info."""
+    saved = _read(path)
     models = []
     for member in saved["members"]:
         model = instantiate(member["model_config"])
@@ -69,9 +89,20 @@ def load_ensemble(path: str | Path) -> tuple[WeightedEnsemble, dict[str, Any]]:
         models.append(model)
     ensemble = WeightedEnsemble(models, saved["weights"], saved["combine"], saved["num_classes"])
     ensemble.eval()
-    info = {**saved["info"], "members": [m["info"] for m in saved["members"]],
-            "model_configs": [m["model_config"] for m in saved["members"]]}  # fmt: skip
-    return ensemble, info
+    return ensemble, _info(saved)
+
+
+def load_ensemble_info(path: str | Path) -> dict[str, Any]:
+    """`load_ensemble`'s info without building the members: settings (`weighting`, ...),
+    `evaluation` ({rows, ensemble, costs} on test, as `EnsembleReport`), members, configs."""
+    return _info(_read(path))
+
+
+def latest_ensemble_info(folder: str | Path, study_name: str) -> dict[str, Any] | None:
+    """The info of the newest ensemble file of `study_name` in `folder`, or None."""
+    files = sorted(Path(folder).glob(ensemble_file("", study_name, "*").name),
+                   key=lambda p: p.stat().st_mtime)  # fmt: skip
+    return load_ensemble_info(files[-1]) if files else None
 
 
 def _flat_params(members: list[dict[str, Any]], weights: list[float]) -> dict[str, str]:

@@ -92,14 +92,6 @@ class WeightedEnsemble(pl.LightningModule):
         """Replace the ensemble weights (validated and normalised)."""
         self.weights.copy_(check_weights(weights, len(self.members)))
 
-    def member_log_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """Each member's log-probabilities, stacked to [M, N, C]."""
-        outputs = [F.log_softmax(member(x).float(), dim=-1) for member in self.members]
-        sizes = sorted({out.shape[-1] for out in outputs})
-        if len(sizes) > 1:
-            raise ValueError(f"ensemble members have different output sizes: {sizes}")
-        return torch.stack(outputs)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Ensemble log-probabilities; members with zero weight are not run at all."""
         active = [i for i, w in enumerate(self.weights.tolist()) if w > 0]

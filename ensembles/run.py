@@ -14,7 +14,12 @@ from typing import Any
 import optuna
 import pytorch_lightning as pl
 from hydra.utils import instantiate
-from lightning_prune.ensembles.artifact import log_ensemble, save_ensemble
+from lightning_prune.ensembles.artifact import (
+    ensemble_file,
+    ensemble_folder,
+    log_ensemble,
+    save_ensemble,
+)
 from lightning_prune.ensembles.evaluate import EnsembleReport, evaluate_ensemble, report_table
 from lightning_prune.ensembles.model import COMBINES, WeightedEnsemble
 from lightning_prune.ensembles.predictions import collect_log_probs
@@ -26,11 +31,10 @@ from lightning_prune.ensembles.selection import (
     select_members,
 )
 from lightning_prune.ensembles.weighting import WEIGHTINGS, fit_weights
+from lightning_prune.search.contract import DEFAULT_STORAGE, StudyAttr, tracking_of
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_prune.config import ConfigError
-
-DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
 
 
 @dataclass
@@ -80,7 +84,7 @@ def _check_options(options: DictConfig) -> None:
 
 def _datamodule(cfg: DictConfig, study: optuna.Study) -> pl.LightningDataModule:
     """The data the study's trials were validated on (its recorded `config.data`)."""
-    recorded = study.user_attrs.get("config", {}).get("data")
+    recorded = study.user_attrs.get(StudyAttr.CONFIG, {}).get("data")
     use_study = cfg.ensemble.data_from == "study" and recorded
     data_cfg = recorded if use_study else OmegaConf.to_container(cfg.data, resolve=True)
     try:
@@ -104,11 +108,12 @@ def run_ensemble(cfg: DictConfig) -> EnsembleResult:
     _check_options(options)
     storage, name = study_location(cfg)
     study = open_study(storage, name)
-    uri = study.user_attrs.get("tracking_uri") or cfg.tracking.uri
-    experiment = study.user_attrs.get("experiment") or cfg.tracking.experiment
+    recorded = tracking_of(study)
+    uri = recorded.uri or cfg.tracking.uri
+    experiment = recorded.experiment or cfg.tracking.experiment
     datamodule = _datamodule(cfg, study)
     datamodule.setup("validate")
-    output_dir = Path(cfg.output_dir) / "ensembles"
+    output_dir = ensemble_folder(cfg.output_dir)
     selection = select_members(
         study, options.k, diversity=options.diversity, val_loader=datamodule.val_dataloader(),
         pool=options.pool or None, diversity_weight=options.diversity_weight,
@@ -123,7 +128,7 @@ def run_ensemble(cfg: DictConfig) -> EnsembleResult:
     report = evaluate_ensemble(ensemble, datamodule.test_dataloader(), [m.name for m in members],
                                latency_batch=options.latency_batch)  # fmt: skip
     settings = {"study": study.study_name, "storage": storage, **_plain(options)}
-    path = Path(options.output or output_dir / f"{study.study_name}-{options.weighting}.pt")
+    path = Path(options.output or ensemble_file(output_dir, study.study_name, options.weighting))
     evaluation = {"rows": report.rows, "ensemble": report.ensemble, "costs": report.costs}
     artifact = save_ensemble(path, ensemble, [m.model_config for m in members],
                              [m.summary() for m in members],
@@ -137,7 +142,7 @@ def run_ensemble(cfg: DictConfig) -> EnsembleResult:
         result.run_id, result.model_uri = log_ensemble(
             uri, experiment, artifact, ensemble, params=settings, metrics=report.metrics(),
             members=[m.summary() for m in members], example=example,
-            parent_run_id=study.user_attrs.get("mlflow_parent_run_id"),
+            parent_run_id=recorded.parent_run_id,
             run_name=f"ensemble-{options.weighting}-k{len(members)}",
         )  # fmt: skip
     return result

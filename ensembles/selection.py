@@ -7,7 +7,6 @@ validation data, because averaging near-identical models gains nothing.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,15 +14,21 @@ from typing import Any
 
 import optuna
 from lightning_prune.ensembles.predictions import accuracy, agreement, collect_log_probs
+from lightning_prune.search.contract import (
+    CHECKPOINT_NAME,
+    StudyNotFoundError,
+    TrialAttr,
+    load_study,
+    ranked_trials,
+    tracking_of,
+)
 from optuna.distributions import CategoricalDistribution
-from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from lightning_prune.checkpoint import load_model
 
 DIVERSITIES = ("none", "recipe", "agreement")
-MEMBER_ATTRS = ("mlflow_run_id", "sparsity", "nonzero_params", "flops", "val_acc", "test_acc")
 
 
 class SelectionError(ValueError):
@@ -49,7 +54,7 @@ class Member:
     def summary(self) -> dict[str, Any]:
         """Plain-typed description (for the artifact, MLflow and tables)."""
         return {"trial": self.trial, "values": list(self.values), "params": dict(self.params),
-                **{k: self.attrs[k] for k in MEMBER_ATTRS if k in self.attrs}}  # fmt: skip
+                **{k: self.attrs[k] for k in TrialAttr.RESULTS if k in self.attrs}}  # fmt: skip
 
 
 @dataclass
@@ -60,81 +65,15 @@ class Selection:
     notes: list[str] = field(default_factory=list)
 
 
-def _local_file(storage: str) -> tuple[Path | None, bool]:
-    """(file, is_journal) of a local storage, as `search.storage` spells it; (None, False)."""
-    for prefix in ("journal:///", "journal://"):
-        if storage.startswith(prefix):
-            return Path(storage.removeprefix(prefix)), True
-    if "://" not in storage and storage.endswith(".journal"):
-        return Path(storage), True
-    if storage.startswith("sqlite:///"):
-        return Path(storage.removeprefix("sqlite:///")), False
-    return None, False
-
-
-def _storage(storage: str) -> str | optuna.storages.BaseStorage:
-    """The storage as Optuna takes it; a missing local file is an error, not a new study."""
-    path, journal = _local_file(storage)
-    if path is not None and not path.exists():
-        raise SelectionError(f"no Optuna storage at {storage} (run `lightning-prune search` first)")
-    if journal:
-        from optuna.storages.journal import JournalFileBackend
-
-        return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return storage
-
-
 def open_study(storage: str, study_name: str | None) -> optuna.Study:
     """Load an existing study (never create one); errors name the studies that exist.
 
     `storage`: sqlite:///..., journal:///... (or a path ending in .journal), postgresql://...
     """
-    opened = _storage(storage)
-    names = optuna.study.get_all_study_names(storage=opened)
-    if study_name is None:
-        if len(names) != 1:
-            raise SelectionError(
-                f"set ensemble.study_name: storage {storage} holds studies {names}"
-            )
-        study_name = names[0]
-    if study_name not in names:
-        raise SelectionError(f"no study {study_name!r} in {storage}; studies there: {names}")
-    return optuna.load_study(study_name=study_name, storage=opened)
-
-
-def is_feasible(trial: FrozenTrial) -> bool:
-    """Feasible when every constraint value (Optuna's `trial.set_constraint`) is <= 0."""
-    return all(value <= 0 for value in trial.constraints.values())
-
-
-def _oriented(trial: FrozenTrial, directions: list[StudyDirection]) -> tuple[float, ...]:
-    """Objective values turned so that larger is better for every objective."""
-    sign = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in directions]
-    return tuple(s * v for s, v in zip(sign, trial.values, strict=True))
-
-
-def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
-    return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
-
-
-def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """Finished, feasible trials, best first.
-
-    Single objective: by value in the study's direction. Several objectives: by Pareto
-    front (non-dominated first), then by the first objective (validation accuracy).
-    """
-    directions = list(study.directions)
-    trials = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.values is not None and all(math.isfinite(v) for v in t.values) and is_feasible(t)
-    ]  # fmt: skip
-    scored = {t.number: _oriented(t, directions) for t in trials}
-    front = {}
-    for t in trials:
-        front[t.number] = sum(_dominates(scored[o.number], scored[t.number]) for o in trials)
-    if len(directions) == 1:
-        return sorted(trials, key=lambda t: (-scored[t.number][0], t.number))
-    return sorted(trials, key=lambda t: (front[t.number] > 0, -scored[t.number][0], t.number))
+    try:
+        return load_study(storage, study_name)
+    except StudyNotFoundError as err:
+        raise SelectionError(str(err)) from None
 
 
 def recipe_key(trial: FrozenTrial) -> tuple:
@@ -165,10 +104,10 @@ def _by_recipe(trials: list[FrozenTrial], k: int) -> list[FrozenTrial]:
 
 def resolve_checkpoint(trial: FrozenTrial, tracking_uri: str | None, download_dir: Path) -> Path:
     """The trial's model.pt: the recorded local path, else its MLflow artifact, else an error."""
-    local = trial.user_attrs.get("checkpoint")
+    local = trial.user_attrs.get(TrialAttr.CHECKPOINT)
     if local and Path(local).is_file():
         return Path(local)
-    run_id = trial.user_attrs.get("mlflow_run_id")
+    run_id = trial.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
     problem = f"local file {local!r} is missing" if local else "no `checkpoint` user attr"
     if not run_id or not tracking_uri:
         raise SelectionError(
@@ -181,12 +120,15 @@ def resolve_checkpoint(trial: FrozenTrial, tracking_uri: str | None, download_di
     target.mkdir(parents=True, exist_ok=True)
     try:
         path = mlflow.artifacts.download_artifacts(
-            run_id=run_id, artifact_path="model.pt", tracking_uri=tracking_uri, dst_path=str(target)
+            run_id=run_id,
+            artifact_path=CHECKPOINT_NAME,
+            tracking_uri=tracking_uri,
+            dst_path=str(target),
         )
     except Exception as err:  # MLflow raises several types for a missing run or file
         raise SelectionError(
             f"trial {trial.number}: checkpoint not found ({problem}; MLflow run {run_id} at "
-            f"{tracking_uri} has no model.pt artifact: {type(err).__name__}: {err})"
+            f"{tracking_uri} has no {CHECKPOINT_NAME} artifact: {type(err).__name__}: {err})"
         ) from None
     return Path(path)
 
@@ -268,7 +210,7 @@ def select_members(
                      f"{len(ranked)} finished feasible trial(s); using {len(ranked)}")  # fmt: skip
     if finished > len(ranked):
         notes.append(f"skipped {finished - len(ranked)} finished trial(s) that are infeasible")
-    uri = tracking_uri or study.user_attrs.get("tracking_uri")
+    uri = tracking_uri or tracking_of(study).uri
     folder = Path(download_dir)
     if diversity == "agreement":
         candidates = ranked[: max(pool or 2 * k, k)]

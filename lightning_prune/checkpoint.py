@@ -27,12 +27,21 @@ def save_model(
     return path
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model from its saved config and weights; return it with its info."""
+def _read(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model checkpoint not found: {path}")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The saved state_dict alone: for looking at the weights without the model's code."""
+    return _read(path)["state_dict"]
+
+
+def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from its saved config and weights; return it with its info."""
+    saved = _read(path)
     model = instantiate(saved["model_config"])
     model.load_state_dict(saved["state_dict"])
     model.eval()

@@ -39,11 +39,12 @@ def _ensemble(cfg: DictConfig) -> int:
 
 
 def _search(cfg: DictConfig) -> int:
-    from lightning_prune.search import print_report, run_search
+    from lightning_prune.report import print_report
+    from lightning_prune.search import StudyAttr, run_search
 
     study = run_search(cfg)
     print_report(study, top_k=int(cfg.search.top_k))
-    outcome = study.user_attrs.get("last_outcome")
+    outcome = study.user_attrs.get(StudyAttr.LAST_OUTCOME)
     if outcome == "interrupted":
         print("Interrupted: run the same command again to resume the study.", file=sys.stderr)
         return 130
@@ -55,19 +56,18 @@ def _search(cfg: DictConfig) -> int:
 
 
 def _report(cfg: DictConfig) -> int:
-    from lightning_prune.search import load_study, print_report
+    from lightning_prune.report import print_report, run_report
+    from lightning_prune.search import StudyNotFoundError, load_study
 
     try:
         study = load_study(cfg.search.storage, cfg.search.study_name)
-    except KeyError:
+    except StudyNotFoundError:
         where = f"{cfg.search.study_name!r} in {cfg.search.storage}"
         print(f"lightning-prune report: error: no study {where} (set search.study_name "
               "and search.storage)", file=sys.stderr)  # fmt: skip
         return USAGE_ERROR
     print_report(study, top_k=int(cfg.search.top_k))
-    from lightning_prune.report import run_report
-
-    report = run_report(cfg)
+    report = run_report(cfg, study)
     print(
         f"Report: {report.markdown} with {len(report.figures)} figures "
         f"({', '.join(p.name for p in report.figures.values())}); also in the study's MLflow run"

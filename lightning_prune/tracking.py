@@ -9,19 +9,21 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from pytorch_lightning.loggers import MLFlowLogger
 
-DEFAULT_URI = "sqlite:///runs/mlflow.db"
-
 for _name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_file(uri: str) -> Path | None:
+    """The database file of a local SQLite store (`sqlite:///runs/mlflow.db`), else None.
+
+    MLflow tracking URIs only; Optuna storage URLs are parsed by `lightning_prune.search.contract`.
+    """
     return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
 
 
 def prepare_store(uri: str) -> None:
     """Create the folder of a local SQLite store so MLflow can create the database."""
-    path = _sqlite_path(uri)
+    path = sqlite_file(uri)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -31,7 +33,7 @@ _EXPERIMENT_IDS: dict[tuple[str, str], str] = {}  # per process: a search asks o
 
 def ensure_experiment(uri: str, name: str) -> str:
     """Return the experiment id, creating it (artifacts next to a local store) if needed."""
-    path = _sqlite_path(uri)  # a relative store path means another store in another folder
+    path = sqlite_file(uri)  # a relative store path means another store in another folder
     key = (str(path.resolve()) if path else uri, name)
     known = _EXPERIMENT_IDS.get(key)
     if known is not None and (path is None or path.exists()):
@@ -47,7 +49,7 @@ def _find_or_create(uri: str, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    path = _sqlite_path(uri)
+    path = sqlite_file(uri)
     location = (path.parent / "artifacts").resolve().as_uri() if path else None
     try:
         return client.create_experiment(name, artifact_location=location)
@@ -79,8 +81,3 @@ def start_run(
 def lightning_logger(uri: str, experiment: str, run_id: str) -> MLFlowLogger:
     """A Lightning logger writing into an existing run (never the ./mlruns fallback)."""
     return MLFlowLogger(experiment_name=experiment, tracking_uri=uri, run_id=run_id)
-
-
-def run_url_hint(uri: str, experiment: str, run_id: str) -> str:
-    """One line telling the user where the run was recorded and how to open it."""
-    return f"MLflow run {run_id} in experiment '{experiment}' at {uri} (open: lightning-prune ui)"

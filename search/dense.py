@@ -7,18 +7,17 @@ it is the line the report draws and the bar the pruned trials are judged against
 from __future__ import annotations
 
 import optuna
+from lightning_prune.search.contract import StudyAttr
 from mlflow import MlflowClient
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from lightning_prune.train import fit_and_test
 
-ATTR = "dense_reference"
-
 
 def ensure_dense_reference(cfg: DictConfig, study: optuna.Study, parent_run_id: str) -> dict:
     """Return the study's dense reference, training it first when the study has none."""
-    if ATTR in study.user_attrs:
-        return study.user_attrs[ATTR]
+    if StudyAttr.DENSE_REFERENCE in study.user_attrs:
+        return study.user_attrs[StudyAttr.DENSE_REFERENCE]
     dense_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(dense_cfg):
         dense_cfg.pruning = {}
@@ -32,7 +31,7 @@ def ensure_dense_reference(cfg: DictConfig, study: optuna.Study, parent_run_id: 
         "params": params,
         "seconds": round(result.seconds, 2),
     }
-    study.set_user_attr(ATTR, reference)
+    study.set_user_attr(StudyAttr.DENSE_REFERENCE, reference)
     client = MlflowClient(cfg.tracking.uri)
     for key in ("val_acc", "test_acc"):
         if reference[key] is not None:

@@ -1,9 +1,8 @@
 """One trial: suggested recipe -> trial config -> fit with the reporter -> recorded result.
 
 Returns the objective value(s) and leaves in the trial's user attributes what the
-ensembles step reads (`checkpoint`, `mlflow_run_id`, `sparsity`, `nonzero_params`,
-`flops`, `val_acc`, `test_acc`); the demand becomes Optuna constraints
-(`trial.set_constraint`, feasible when every value <= 0).
+ensembles and the report read (`contract.TrialAttr`); the demand becomes Optuna
+constraints (`trial.set_constraint`, feasible when every value <= 0).
 """
 
 from __future__ import annotations
@@ -17,9 +16,10 @@ from typing import Any
 
 import optuna
 from lightning_prune.search import space
+from lightning_prune.search.contract import CHECKPOINT_NAME, TrialAttr
 from lightning_prune.search.reporter import TrialReporter
+from lightning_prune.search.retries import worker_id
 from lightning_prune.search.runs import TrialRun
-from lightning_prune.search.storage import worker_id
 from omegaconf import DictConfig
 from torch import nn
 
@@ -59,14 +59,17 @@ def _dense_stats(model: nn.Module) -> dict[str, Any]:
     weights = [p for p in model.parameters() if p.dim() > 1]
     total = sum(p.numel() for p in weights)
     nonzero = sum(int((p != 0).sum()) for p in weights)
-    return {"sparsity": 1 - nonzero / max(total, 1), "nonzero_params": nonzero, "flops": None}
+    return {TrialAttr.SPARSITY: 1 - nonzero / max(total, 1), TrialAttr.NONZERO_PARAMS: nonzero,
+            TrialAttr.FLOPS: None}  # fmt: skip
 
 
 def model_stats(model: nn.Module, summary: dict[str, Any] | None) -> dict[str, Any]:
     """Sparsity, nonzero parameters and FLOPs (from the pruning summary when pruned)."""
     if not summary:
         return _dense_stats(model)
-    return {k: summary.get(k) for k in ("sparsity", "nonzero_params", "flops")}
+    return {TrialAttr.SPARSITY: summary.get("sparsity"),
+            TrialAttr.NONZERO_PARAMS: summary.get("nonzero_params"),
+            TrialAttr.FLOPS: summary.get("flops")}  # fmt: skip
 
 
 def latency_ms(model: nn.Module) -> float:
@@ -80,16 +83,16 @@ def latency_ms(model: nn.Module) -> float:
 def set_constraints(trial: optuna.Trial, demand: dict[str, Any], stats: dict[str, Any]) -> bool:
     """One constraint per stated demand, scaled to be comparable; True when feasible."""
     checks = {
-        "min_sparsity": lambda d: d - stats["sparsity"],
-        "max_nonzero_params": lambda d: (stats["nonzero_params"] - d) / d,
-        "max_flops": lambda d: (stats["flops"] - d) / d,
-        "max_latency_ms": lambda d: (stats["latency_ms"] - d) / d,
+        "min_sparsity": lambda d: d - stats[TrialAttr.SPARSITY],
+        "max_nonzero_params": lambda d: (stats[TrialAttr.NONZERO_PARAMS] - d) / d,
+        "max_flops": lambda d: (stats[TrialAttr.FLOPS] - d) / d,
+        "max_latency_ms": lambda d: (stats[TrialAttr.LATENCY_MS] - d) / d,
     }
     feasible = True
     for key, bound in demand.items():
         if bound is None:
             continue
-        needed = {"max_flops": "flops", "max_latency_ms": "latency_ms"}.get(key)
+        needed = {"max_flops": TrialAttr.FLOPS, "max_latency_ms": TrialAttr.LATENCY_MS}.get(key)
         if needed and stats.get(needed) is None:
             raise TrialFailed(
                 f"search.demand.{key} needs {needed}, which this run did not "
@@ -112,7 +115,7 @@ def _measure(ctx: SearchContext, model: nn.Module, summary: dict | None) -> dict
     if demand.get("max_latency_ms") is not None or (
         ctx.multi and ctx.cfg.search.pareto_with == "latency"
     ):
-        stats["latency_ms"] = latency_ms(model)
+        stats[TrialAttr.LATENCY_MS] = latency_ms(model)
     return stats
 
 
@@ -120,11 +123,11 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float | list[float]:
     """Train one recipe; raise TrialPruned, TrialFailed or SearchInterrupted, or return."""
     # Sampled `start=0` is a legitimate recipe: its per-trial warning is noise here.
     warnings.filterwarnings("ignore", message="AdaptivePruning: pruning started before")
-    trial.set_user_attr("worker", worker_id())
+    trial.set_user_attr(TrialAttr.WORKER, worker_id())
     chosen = space.suggest(trial, ctx.params)
     trial_cfg = space.apply_overrides(ctx.cfg, space.trial_overrides(ctx.params, chosen))
     run = TrialRun(ctx.cfg, ctx.parent_run_id, trial)
-    trial.set_user_attr("mlflow_run_id", run.run_id)
+    trial.set_user_attr(TrialAttr.MLFLOW_RUN_ID, run.run_id)
     run.log_params({**chosen, "trial_number": trial.number})
     start = time.perf_counter()
     state, reason = "FAIL", ""
@@ -138,15 +141,15 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float | list[float]:
         raise
     except SearchInterrupted:
         reason = "interrupted (SIGINT): stopped by the user"
-        _record(trial, {"fail_reason": reason, "interrupted": True})
+        _record(trial, {TrialAttr.FAIL_REASON: reason, TrialAttr.INTERRUPTED: True})
         raise
     except Exception as err:  # the study goes on; the reason is kept on both sides
         reason = f"{type(err).__name__}: {err}"
-        trial.set_user_attr("fail_reason", reason[:2000])
+        trial.set_user_attr(TrialAttr.FAIL_REASON, reason[:2000])
         raise TrialFailed(reason) from err
     finally:
         seconds = time.perf_counter() - start
-        trial.set_user_attr("duration_s", round(seconds, 3))
+        trial.set_user_attr(TrialAttr.DURATION_S, round(seconds, 3))
         run.finish(state, metrics, seconds, reason)
 
 
@@ -181,17 +184,17 @@ def _fit(
         test=False,
         components=components,
     )
-    trial.set_user_attr("epochs", len(reporter.curve))
+    trial.set_user_attr(TrialAttr.EPOCHS, len(reporter.curve))
     if reporter.interrupted:
         raise SearchInterrupted()
     stats = _measure(ctx, result.model, result.pruning)
     metrics.update({"val_acc": result.metrics.get("val_acc"), **stats})
-    _record(trial, {**stats, "val_acc": metrics["val_acc"]})
+    _record(trial, {**stats, TrialAttr.VAL_ACC: metrics["val_acc"]})
     feasible = set_constraints(trial, dict(search.demand or {}), stats)
-    trial.set_user_attr("feasible", feasible)
+    trial.set_user_attr(TrialAttr.FEASIBLE, feasible)
     if reporter.pruned_at is not None:
-        trial.set_user_attr("pruned_at_step", reporter.pruned_at)
-        trial.set_user_attr("pruned_reason", reporter.pruned_reason)
+        trial.set_user_attr(TrialAttr.PRUNED_AT_STEP, reporter.pruned_at)
+        trial.set_user_attr(TrialAttr.PRUNED_REASON, reporter.pruned_reason)
         raise optuna.TrialPruned(f"pruned at step {reporter.pruned_at}")
     val_acc = metrics["val_acc"]
     if val_acc is None:
@@ -199,17 +202,20 @@ def _fit(
     trainer = result.extra["trainer"]
     tested = trainer.test(result.model, datamodule=components[0], verbose=False)
     metrics["test_acc"] = float(tested[0]["test_acc"]) if tested else None
-    trial.set_user_attr("test_acc", metrics["test_acc"])
+    trial.set_user_attr(TrialAttr.TEST_ACC, metrics["test_acc"])
     info = {
         "metrics": {k: v for k, v in metrics.items() if v is not None},
         "trial": trial.number,
         "params": dict(trial.params),
         "feasible": feasible,
     }
-    path = save_model(ctx.trial_dir(trial.number) / "model.pt", result.model, trial_cfg.model, info)
-    trial.set_user_attr("checkpoint", str(path.resolve()))
+    folder = ctx.trial_dir(trial.number)
+    path = save_model(folder / CHECKPOINT_NAME, result.model, trial_cfg.model, info)
+    trial.set_user_attr(TrialAttr.CHECKPOINT, str(path.resolve()))
     run.log_artifact(str(path))
     if ctx.multi:
-        second = stats["sparsity"] if search.pareto_with == "sparsity" else stats["latency_ms"]
+        second = stats[
+            TrialAttr.SPARSITY if search.pareto_with == "sparsity" else TrialAttr.LATENCY_MS
+        ]
         return [val_acc, second]
     return val_acc

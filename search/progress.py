@@ -6,7 +6,7 @@ import threading
 import time
 
 import optuna
-from lightning_prune.search.report import best_trials, state_counts
+from lightning_prune.search.contract import best_trials, state_counts
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 

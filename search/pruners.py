@@ -14,6 +14,7 @@ import math
 import statistics
 
 import optuna
+from lightning_prune.search.contract import CurvePoint, TrialAttr
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -22,9 +23,9 @@ PRUNERS = ("matched", "median", "halving", "hyperband", "none")
 
 def sparsity_at(trial: FrozenTrial, step: int) -> float:
     """The trial's sparsity at its validation `step` (from the live `curve` user attribute)."""
-    curve = trial.user_attrs.get("curve") or []
+    curve = trial.user_attrs.get(TrialAttr.CURVE) or []
     if step < len(curve):
-        value = curve[step].get("sparsity")
+        value = curve[step].get(CurvePoint.SPARSITY)
         return 0.0 if value is None else float(value)
     return 0.0
 

@@ -14,6 +14,9 @@ from typing import Any
 
 import optuna
 import pytorch_lightning as pl
+from lightning_prune.search.contract import CurvePoint, TrialAttr
+from pytorch_lightning.utilities.types import STEP_OUTPUT
+from typing_extensions import override
 
 
 class NonFiniteLossError(RuntimeError):
@@ -72,7 +75,15 @@ class TrialReporter(pl.Callback):
             self.interrupted = True
             trainer.should_stop = True
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module, outputs, batch, batch_idx):
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: STEP_OUTPUT,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if loss is not None and not math.isfinite(float(loss)):
             raise NonFiniteLossError(
@@ -106,6 +117,7 @@ class TrialReporter(pl.Callback):
         self.pruned_reason = reason
         trainer.should_stop = True
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
@@ -117,14 +129,14 @@ class TrialReporter(pl.Callback):
             )
         value = float(trainer.callback_metrics[self.monitor])
         point = {
-            "step": trainer.global_step,
-            "epoch": trainer.current_epoch,
+            CurvePoint.STEP: trainer.global_step,
+            CurvePoint.EPOCH: trainer.current_epoch,
             self.monitor: value,
-            "sparsity": self._sparsity(),
-            "ramp_progress": self._ramp_progress(),
+            CurvePoint.SPARSITY: self._sparsity(),
+            CurvePoint.RAMP_PROGRESS: self._ramp_progress(),
         }
         self.curve.append(point)
-        self.trial.set_user_attr("curve", self.curve)
+        self.trial.set_user_attr(TrialAttr.CURVE, self.curve)
         if self.on_validation is not None:
             self.on_validation(point)
         self._check_stop(trainer)

@@ -7,17 +7,25 @@ server, `tracking.uri=http://...`, needs no retries and works the same.)
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import time
-import warnings
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import optuna
-from lightning_prune.search.storage import file_lock
+from lightning_prune.search.contract import (
+    CurvePoint,
+    StudyAttr,
+    StudyTracking,
+    TrialAttr,
+    best_trials,
+    record_tracking,
+    state_counts,
+    tracking_of,
+)
+from lightning_prune.search.locks import store_init_lock
+from lightning_prune.search.optuna_plots import optuna_figures
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from omegaconf import DictConfig, OmegaConf
@@ -55,26 +63,15 @@ def _log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> No
         retry(client.log_batch, run_id, params=items[i : i + 100])
 
 
-@contextlib.contextmanager
-def _store_init_lock(uri: str) -> Iterator[None]:
-    """A file lock beside a local SQLite store while it is created and migrated."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    path = Path(uri.removeprefix("sqlite:///"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(f"{path}.init.lock"):
-        yield
-
-
 def start_parent(cfg: DictConfig, study: optuna.Study) -> str:
     """The study's parent run: created once, reused when the study resumes."""
     uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
-    with _store_init_lock(uri):  # processes started together must not both migrate the DB
+    with store_init_lock(uri):  # processes started together must not both migrate the DB
         retry(tracking.ensure_experiment, uri, experiment)
     client = MlflowClient(uri)
-    run_id = study.user_attrs.get("mlflow_parent_run_id")
-    if run_id and study.user_attrs.get("tracking_uri") == uri:
+    recorded = tracking_of(study)
+    run_id = recorded.parent_run_id
+    if run_id and recorded.uri == uri:
         retry(client.update_run, run_id, status="RUNNING")
         return run_id
     name = cfg.search.study_name
@@ -88,12 +85,10 @@ def start_parent(cfg: DictConfig, study: optuna.Study) -> str:
     config = OmegaConf.to_container(cfg, resolve=True)
     _log_params(client, run_id, _flat("", config, {}))
     retry(client.log_dict, run_id, config, "config.json")
-    study.set_user_attr("mlflow_parent_run_id", run_id)
-    study.set_user_attr("tracking_uri", uri)
-    study.set_user_attr("experiment", experiment)
-    study.set_user_attr("config", json.loads(json.dumps(config, default=str)))
+    record_tracking(study, StudyTracking(uri, experiment, run_id))
+    study.set_user_attr(StudyAttr.CONFIG, json.loads(json.dumps(config, default=str)))
     time.sleep(0.5)  # workers started together: the last writer's run is the parent
-    winner = study._storage.get_study_user_attrs(study._study_id)["mlflow_parent_run_id"]
+    winner = tracking_of(study).parent_run_id
     if winner != run_id:
         retry(client.delete_run, run_id)
     return winner
@@ -124,8 +119,8 @@ class TrialRun:
         """One validation: val_acc and sparsity at the global step."""
         now = int(time.time() * 1000)
         metrics = [
-            Metric(k, float(point[k]), now, int(point["step"]))
-            for k in ("val_acc", "sparsity", "ramp_progress")
+            Metric(k, float(point[k]), now, int(point[CurvePoint.STEP]))
+            for k in (TrialAttr.VAL_ACC, CurvePoint.SPARSITY, CurvePoint.RAMP_PROGRESS)
             if point.get(k) is not None
         ]
         retry(self.client.log_batch, self.run_id, metrics=metrics)
@@ -151,48 +146,20 @@ class TrialRun:
 
 
 def _log_plots(client: MlflowClient, run_id: str, study: optuna.Study) -> list[str]:
-    """Optuna's matplotlib plots as PNG artifacts; a plot that cannot be drawn is skipped."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    """Optuna's plots as PNG artifacts under plots/; a plot that cannot be drawn is skipped."""
     import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
 
     multi = len(study.directions) > 1
-    plots: dict[str, Callable[[], Any]] = {
-        "param_importances.png": lambda: ovm.plot_param_importances(
-            study, target=(lambda t: t.values[0]) if multi else None
-        ),
-    }
-    if multi:
-        plots["pareto_front.png"] = lambda: ovm.plot_pareto_front(study)
-    else:
-        plots["optimization_history.png"] = lambda: ovm.plot_optimization_history(study)
-    logged = []
-    verbosity = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    for name, draw in plots.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                axes = draw()
-        except Exception:  # too few trials, one distinct value, ...
-            continue
-        finally:
-            optuna.logging.set_verbosity(verbosity)
-        figure = getattr(axes, "figure", None) or axes.flat[0].figure
-        figure.set_size_inches(8, 5)
-        figure.tight_layout()
-        retry(client.log_figure, run_id, figure, f"plots/{name}")
+    names = ("param_importances", "pareto_front" if multi else "optimization_history")
+    figures = optuna_figures(study, names)
+    for name, figure in figures.items():
+        retry(client.log_figure, run_id, figure, f"plots/{name}.png")
         plt.close(figure)
-        logged.append(name)
-    return logged
+    return list(figures)
 
 
 def finish_parent(cfg: DictConfig, study: optuna.Study, run_id: str, interrupted: bool) -> None:
     """Best trial, counts and plots on the parent run; KILLED when Ctrl-C stopped it."""
-    from lightning_prune.search.report import best_trials, state_counts
-
     client = MlflowClient(cfg.tracking.uri)
     counts = state_counts(study)
     now = int(time.time() * 1000)
@@ -202,7 +169,7 @@ def finish_parent(cfg: DictConfig, study: optuna.Study, run_id: str, interrupted
         top = best[0]
         metrics += [
             Metric(f"best_{k}", float(top.user_attrs[k]), now, 0)
-            for k in ("val_acc", "test_acc", "sparsity")
+            for k in (TrialAttr.VAL_ACC, TrialAttr.TEST_ACC, TrialAttr.SPARSITY)
             if top.user_attrs.get(k) is not None
         ]
         retry(client.set_tag, run_id, "best_trial", str(top.number))

@@ -16,19 +16,18 @@ import time
 import optuna
 import torch
 from lightning_prune.search import runs, space
+from lightning_prune.search.contract import StudyAttr, check_storage, counted_trials
 from lightning_prune.search.dense import ensure_dense_reference
 from lightning_prune.search.objective import DEMANDS, SearchContext
 from lightning_prune.search.progress import StudyProgress
-from lightning_prune.search.storage import check_storage, counted_trials, fail_stale
-from lightning_prune.search.worker import (
-    install_sigint,
+from lightning_prune.search.retries import fail_stale
+from lightning_prune.search.study_factory import (
+    directions,
     make_pruner,
     make_sampler,
-    open_study,
-    torch_threads,
-    work,
-    worker_main,
+    open_search_study,
 )
+from lightning_prune.search.worker import install_sigint, torch_threads, work, worker_main
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_prune.config import ConfigError
@@ -58,8 +57,6 @@ def validate(cfg: DictConfig) -> list[space.Param]:
         raise ConfigError(f"search.demand.min_sparsity must be < 1, got {demand['min_sparsity']}")
     make_sampler(search)
     make_pruner(search)
-    from lightning_prune.search.worker import directions
-
     directions(search)
     return params
 
@@ -99,7 +96,7 @@ def _supervise(
             continue
         for i, proc in enumerate(procs):
             if proc.exitcode not in (None, 0, 130) and respawns_left > 0:
-                fail_stale(study, cfg.search.max_retry)
+                fail_stale(study, cfg.search)
                 respawns_left -= 1
                 procs[i] = _spawn(cfg, parent_run_id, i + len(procs), deadline)
     if stop.is_set() or any(p.exitcode == 130 for p in procs):
@@ -123,7 +120,7 @@ def run_search(cfg: DictConfig) -> optuna.Study:
     """
     params = validate(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_study(cfg, create=True)
+    study = open_search_study(cfg)
     parent_run_id = runs.start_parent(cfg, study)
     if cfg.search.get("dense_reference", True):
         ensure_dense_reference(cfg, study, parent_run_id)
@@ -148,5 +145,5 @@ def run_search(cfg: DictConfig) -> optuna.Study:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         runs.finish_parent(cfg, study, parent_run_id, interrupted=outcome == "interrupted")
-    study.set_user_attr("last_outcome", outcome)
+    study.set_user_attr(StudyAttr.LAST_OUTCOME, outcome)
     return study

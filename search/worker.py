@@ -3,7 +3,7 @@
 The same loop runs in the main process (workers=1), in local worker processes, and on
 other machines joined through the same storage. `n_trials` counts the study's total, so
 a resumed or joined study stops where it should; trials of dead workers are failed and
-re-queued (heartbeats, or a local liveness check) and their copies run to completion.
+re-queued (search/retries.py) and their copies run to completion.
 """
 
 from __future__ import annotations
@@ -13,139 +13,48 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
 
 import optuna
 from lightning_prune.search import space
-from lightning_prune.search.objective import SearchContext, SearchInterrupted, run_trial
-from lightning_prune.search.pruners import build_pruner
-from lightning_prune.search.storage import (
-    _journal_path,
+from lightning_prune.search.contract import (
+    TrialAttr,
     counted_trials,
-    fail_stale,
-    file_lock,
-    make_storage,
-    quiet_experimental,
+    is_retry,
 )
+from lightning_prune.search.locks import ask_lock
+from lightning_prune.search.objective import SearchContext, SearchInterrupted, run_trial
+from lightning_prune.search.optuna_private import heartbeat
+from lightning_prune.search.retries import fail_stale
+from lightning_prune.search.study_factory import open_search_study
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
-
-from lightning_prune.config import ConfigError
-
-try:  # private in Optuna, but the only way to beat for trials run through ask/tell
-    from optuna.storages._heartbeat import get_heartbeat_thread
-except ImportError:  # pragma: no cover
-    get_heartbeat_thread = None
 
 POLL_S = 1.0
 
 
-def directions(search: DictConfig) -> list[str]:
-    if search.objective == "accuracy":
-        return ["maximize"]
-    if search.objective == "pareto":
-        if search.pareto_with not in ("sparsity", "latency"):
-            raise ConfigError(
-                f"search.pareto_with must be sparsity or latency, got {search.pareto_with!r}"
-            )
-        return ["maximize", "maximize" if search.pareto_with == "sparsity" else "minimize"]
-    raise ConfigError(f"search.objective must be accuracy or pareto, got {search.objective!r}")
-
-
-def make_sampler(search: DictConfig, offset: int = 0) -> optuna.samplers.BaseSampler:
-    seed = None if search.seed is None else int(search.seed) + offset
-    if search.sampler == "tpe":
-        with quiet_experimental():
-            return optuna.samplers.TPESampler(
-                seed=seed,
-                multivariate=True,
-                group=True,
-                n_startup_trials=min(10, max(4, search.n_trials // 4)),
-            )
-    if search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if search.sampler == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
-    raise ConfigError(f"search.sampler must be tpe, random or nsga2, got {search.sampler!r}")
-
-
-def make_pruner(search: DictConfig) -> optuna.pruners.BasePruner:
-    """The configured pruner; none for multi-objective studies (Optuna cannot prune them)."""
-    p = search.pruner
-    if search.objective == "pareto":
-        return optuna.pruners.NopPruner()
-    try:
-        return build_pruner(p.kind, int(p.n_startup_trials), int(p.n_warmup_steps))
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
-
-
-def open_study(cfg: DictConfig, offset: int = 0, create: bool = False) -> optuna.Study:
-    """Create or load `search.study_name` on `search.storage` with this config's sampler."""
-    search = cfg.search
-    storage = make_storage(
-        search.storage, search.heartbeat_interval, search.grace_period, search.max_retry
-    )
-    sampler, pruner = make_sampler(search, offset), make_pruner(search)
-    wanted = directions(search)
-    if not create:
-        return optuna.load_study(
-            study_name=search.study_name, storage=storage, sampler=sampler, pruner=pruner
-        )
-    study = optuna.create_study(
-        storage=storage,
-        study_name=search.study_name,
-        directions=wanted,
-        sampler=sampler,
-        pruner=pruner,
-        load_if_exists=True,
-    )
-    found = [d.name.lower() for d in study.directions]
-    if found != wanted:
-        raise ConfigError(
-            f"study {search.study_name!r} in {search.storage} optimises {found}, but "
-            f"search.objective={search.objective} needs {wanted}; pick another "
-            "search.study_name"
-        )
-    return study
-
-
-@contextlib.contextmanager
-def _ask_lock(storage_url: str) -> Iterator[None]:
-    """Serialise count-then-ask among local processes sharing a journal file."""
-    path = _journal_path(storage_url)
-    if path is None:
-        yield
-        return
-    with file_lock(f"{path}.ask.lock"):
-        yield
-
-
 def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
     """Two machines may ask at once for the last slot; the later trial gives it back."""
-    if (
-        "failed_trial" in study._storage.get_trial(trial._trial_id).system_attrs
-    ):  # a retry replaces a failed trial
+    trials = study.get_trials(deepcopy=False)
+    asked = next(t for t in trials if t.number == trial.number)
+    if is_retry(asked):  # a retry replaces a failed trial
         return False
-    trials = counted_trials(study.get_trials(deepcopy=False))
-    return sum(t.number < trial.number for t in trials) >= n_trials
+    return sum(t.number < trial.number for t in counted_trials(trials)) >= n_trials
 
 
 def _tell_failed(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
     with contextlib.suppress(Exception):
-        trial.set_user_attr("fail_reason", reason[:2000])
+        trial.set_user_attr(TrialAttr.FAIL_REASON, reason[:2000])
     study.tell(trial, state=TrialState.FAIL)
 
 
 def _run_one(study: optuna.Study, ctx: SearchContext, n_trials: int) -> None:
-    with _ask_lock(ctx.cfg.search.storage):
+    with ask_lock(ctx.cfg.search.storage):
         trial = study.ask()
     if _surplus(study, trial, n_trials):
-        trial.set_user_attr("surplus", True)
+        trial.set_user_attr(TrialAttr.SURPLUS, True)
         _tell_failed(study, trial, "surplus: n_trials was reached by other workers")
         return
-    beat = get_heartbeat_thread(trial._trial_id, study._storage) if get_heartbeat_thread else None
-    with beat or contextlib.nullcontext():
+    with heartbeat(study, trial):
         try:
             values = run_trial(trial, ctx)
         except optuna.TrialPruned:
@@ -157,7 +66,7 @@ def _run_one(study: optuna.Study, ctx: SearchContext, n_trials: int) -> None:
             _tell_failed(study, trial, "interrupted (second Ctrl-C)")
             raise
         except Exception as err:  # TrialFailed, or a failure before the trial's own handler
-            reason = trial.user_attrs.get("fail_reason") or f"{type(err).__name__}: {err}"
+            reason = trial.user_attrs.get(TrialAttr.FAIL_REASON) or f"{type(err).__name__}: {err}"
             _tell_failed(study, trial, reason)
         else:
             study.tell(trial, values)
@@ -172,7 +81,7 @@ def work(study: optuna.Study, ctx: SearchContext, deadline: float | None = None)
             return "interrupted"
         if deadline is not None and time.time() >= deadline:
             return "timeout"
-        fail_stale(study, search.max_retry)
+        fail_stale(study, search)
         trials = counted_trials(study.get_trials(deepcopy=False))
         if sum(t.state.is_finished() for t in trials) >= n_trials:
             return "done"
@@ -225,6 +134,6 @@ def worker_main(cfg_dict: dict, parent_run_id: str, index: int, deadline: float 
     torch.set_num_threads(torch_threads(cfg.search))
     ctx = SearchContext(cfg, space.parse_space(cfg), parent_run_id)
     install_sigint(ctx.stop_event, announce=False, abort=False)
-    study = open_study(cfg, offset=index)
+    study = open_search_study(cfg, offset=index)
     outcome = work(study, ctx, deadline)
     raise SystemExit(130 if outcome == "interrupted" else 0)

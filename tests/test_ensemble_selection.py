@@ -11,9 +11,9 @@ from lightning_prune.ensembles import (
     evaluate_ensemble,
     fit_ensemble,
     open_study,
-    ranked_trials,
     select_members,
 )
+from lightning_prune.search import ranked_trials
 from mlflow import MlflowClient
 
 from tests.ensemble_helpers import (

@@ -126,7 +126,7 @@ def test_failing_trials_are_recorded_and_the_study_goes_on(tmp_path, monkeypatch
 
 
 def test_multi_objective_front_is_reported(tmp_path, monkeypatch, capsys):
-    from lightning_prune.search import print_report
+    from lightning_prune.report import print_report
 
     monkeypatch.chdir(tmp_path)
     overrides = tiny(

@@ -1,4 +1,8 @@
-"""The report's figures, drawn from plain data so they do not depend on where it came from."""
+"""The report's own figures, drawn from plain data so they do not depend on where it came from.
+
+Optuna's plots (history, importances, Pareto front) are not redrawn here: the report takes
+them from `lightning_prune.search.optuna_figures`.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-STATE_STYLE = {
-    "COMPLETE": ("tab:blue", "o", "complete"),
-    "PRUNED": ("tab:orange", "x", "pruned early"),
-    "FAIL": ("tab:red", "v", "failed"),
-}
 
-
-def _save(fig: plt.Figure, path: Path) -> Path:
+def save(fig: plt.Figure, path: Path) -> Path:
+    """Write the figure as PNG and close it."""
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -51,7 +50,7 @@ def accuracy_vs_sparsity(
     ax.set_title("Accuracy vs sparsity, all finished trials")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def layer_sparsity(layers: dict[str, float], path: Path, title: str) -> Path:
@@ -65,43 +64,7 @@ def layer_sparsity(layers: dict[str, float], path: Path, title: str) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel("sparsity (% of the layer's weights that are zero)")
     ax.set_title(title)
-    return _save(fig, path)
-
-
-def optimisation_history(trials: list[dict], path: Path, metric: str = "val_acc") -> Path:
-    """Objective per trial, coloured by state, with the best feasible value so far."""
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    for state, (colour, marker, label) in STATE_STYLE.items():
-        chosen = [t for t in trials if t["state"] == state and t["value"] is not None]
-        if chosen:
-            ax.scatter([t["number"] for t in chosen], [100 * t["value"] for t in chosen],
-                       c=colour, marker=marker, label=label, zorder=2)  # fmt: skip
-    best, xs, ys = None, [], []
-    for t in sorted(trials, key=lambda t: t["number"]):
-        if t["state"] == "COMPLETE" and t["feasible"] and t["value"] is not None:
-            best = t["value"] if best is None else max(best, t["value"])
-        if best is not None:
-            xs.append(t["number"])
-            ys.append(100 * best)
-    if xs:
-        ax.step(xs, ys, where="post", c="tab:green", label="best feasible so far")
-    ax.set_xlabel("trial number")
-    ax.set_ylabel(f"{metric} (%) (pruned: last reported)")
-    ax.set_title("Optimisation history")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def parameter_importances(importances: dict[str, float], path: Path) -> Path:
-    """How much each searched parameter mattered for the objective."""
-    fig, ax = plt.subplots(figsize=(6.4, 0.45 * len(importances) + 1.6))
-    names = list(importances)
-    ax.barh(names, [importances[n] for n in names], color="tab:cyan")
-    ax.invert_yaxis()
-    ax.set_xlabel("importance for the objective (Optuna PED-ANOVA, sums to 1)")
-    ax.set_title("Parameter importances")
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def ensemble_comparison(rows: list[dict], path: Path) -> Path:
@@ -118,4 +81,4 @@ def ensemble_comparison(rows: list[dict], path: Path) -> Path:
     ax.invert_yaxis()
     ax.set_xlabel("test accuracy (%)")
     ax.set_title("Ensemble vs its members vs dense")
-    return _save(fig, path)
+    return save(fig, path)

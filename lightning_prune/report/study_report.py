@@ -1,4 +1,4 @@
-"""`lightning-prune report`: a study's summary table, figures and markdown, also in MLflow."""
+"""`lightning-prune report`: a study's figures and report.md, also logged to its MLflow run."""
 
 from __future__ import annotations
 
@@ -6,12 +6,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import optuna
-import torch
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
+from lightning_prune.checkpoint import load_weights
+from lightning_prune.ensembles import ensemble_folder, latest_ensemble_info
 from lightning_prune.report import figures
+from lightning_prune.report.tables import fmt, markdown_table
+from lightning_prune.search import (
+    StudyAttr,
+    TrialAttr,
+    is_feasible,
+    load_study,
+    optuna_figures,
+    ranked_trials,
+    state_counts,
+    tracking_of,
+)
+
+MIN_TRIALS_FOR_IMPORTANCES = 3  # fewer complete trials cannot tell parameters apart
 
 
 @dataclass
@@ -24,95 +39,92 @@ class Report:
     rows: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _feasible(trial: FrozenTrial) -> bool:
-    return all(v <= 0 for v in trial.constraints.values())
-
-
-def _accuracy(trial: FrozenTrial) -> float | None:
-    value = trial.user_attrs.get("val_acc")
-    if value is None and trial.values:
-        value = trial.values[0]
-    return value
-
-
 def layer_sparsity_of(checkpoint: str | Path) -> dict[str, float]:
     """Zero fraction of each weight matrix/kernel in a saved model (no model code needed)."""
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
     return {
         name.removesuffix(".weight"): float((tensor == 0).float().mean())
-        for name, tensor in saved["state_dict"].items()
+        for name, tensor in load_weights(checkpoint).items()
         if name.endswith("weight") and tensor.dim() > 1
     }
 
 
+def _value(trial: FrozenTrial) -> float | None:
+    """val_acc of a complete trial; the last reported value of a pruned or failed one."""
+    value = None
+    if trial.state == TrialState.COMPLETE:
+        value = trial.user_attrs.get(TrialAttr.VAL_ACC)
+        if value is None and trial.values:
+            value = trial.values[0]
+    if value is None and trial.intermediate_values:
+        value = trial.intermediate_values[max(trial.intermediate_values)]
+    curve = trial.user_attrs.get(TrialAttr.CURVE) or []
+    if value is None and curve and isinstance(curve[-1], dict):
+        value = curve[-1].get(TrialAttr.VAL_ACC)
+    return value
+
+
 def _trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    rows = []
-    for trial in study.get_trials(deepcopy=False):
-        if trial.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL):
-            continue
-        curve = trial.user_attrs.get("curve") or []
-        value = _accuracy(trial) if trial.state == TrialState.COMPLETE else None
-        if value is None and trial.intermediate_values:
-            value = trial.intermediate_values[max(trial.intermediate_values)]
-        if value is None and curve:
-            last = curve[-1]
-            value = last.get("val_acc") if isinstance(last, dict) else None
-        rows.append({
-            "number": trial.number,
-            "state": trial.state.name,
-            "value": value,
-            "feasible": _feasible(trial),
-            "sparsity": trial.user_attrs.get("sparsity"),
-            "test_acc": trial.user_attrs.get("test_acc"),
-            "nonzero": trial.user_attrs.get("nonzero_params"),
-            "checkpoint": trial.user_attrs.get("checkpoint"),
-            "params": dict(trial.params),
-        })  # fmt: skip
-    return rows
+    """One plain row per finished trial (complete, pruned or failed)."""
+    finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    return [
+        {"number": t.number, "state": t.state.name, "value": _value(t), "feasible": is_feasible(t),
+         "sparsity": t.user_attrs.get(TrialAttr.SPARSITY),
+         "test_acc": t.user_attrs.get(TrialAttr.TEST_ACC),
+         "nonzero": t.user_attrs.get(TrialAttr.NONZERO_PARAMS),
+         "checkpoint": t.user_attrs.get(TrialAttr.CHECKPOINT), "params": dict(t.params)}
+        for t in study.get_trials(deepcopy=False, states=finished)
+    ]  # fmt: skip
 
 
-def _importances(study: optuna.Study) -> dict[str, float]:
+def _optuna_images(study: optuna.Study, folder: Path) -> dict[str, Path]:
+    """Optuna's history and parameter importances (the same plots the search logs)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) < 3:
-        return {}
-    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
-    try:
-        return optuna.importance.get_param_importances(study, target=target)
-    except (RuntimeError, ValueError):  # too few distinct values to fit the forest
-        return {}
+    names = {"optimization_history": "history"}
+    if len(complete) >= MIN_TRIALS_FOR_IMPORTANCES:
+        names["param_importances"] = "importances"
+    images = {}
+    for name, figure in optuna_figures(study, names).items():
+        images[names[name]] = figures.save(figure, folder / f"{names[name]}.png")
+    plt.close("all")
+    return images
 
 
-def _best(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
-    ranked = [r for r in rows if r["state"] == "COMPLETE" and r["feasible"] and r["value"]]
-    return max(ranked, key=lambda r: r["value"]) if ranked else None
+def _images(study, rows, best, dense, ensemble, folder: Path) -> dict[str, Path]:
+    images: dict[str, Path] = {}
+    done = [r for r in rows if r["state"] == "COMPLETE" and r["sparsity"] is not None]
+    points = [{"sparsity": r["sparsity"], "acc": r["value"], "feasible": r["feasible"]}
+              for r in done if r["value"] is not None]  # fmt: skip
+    if points:
+        images["accuracy_vs_sparsity"] = figures.accuracy_vs_sparsity(
+            points, dense.get("val_acc") if dense else None, folder / "accuracy_vs_sparsity.png"
+        )
+    checkpoint = best.user_attrs.get(TrialAttr.CHECKPOINT) if best else None
+    if checkpoint and Path(checkpoint).is_file():
+        images["layer_sparsity"] = figures.layer_sparsity(
+            layer_sparsity_of(checkpoint), folder / "layer_sparsity.png",
+            f"Per-layer sparsity of the best trial (#{best.number})",
+        )  # fmt: skip
+    if rows:
+        images.update(_optuna_images(study, folder))
+    if ensemble:
+        images["ensemble"] = figures.ensemble_comparison(ensemble, folder / "ensemble.png")
+    return images
 
 
-def _markdown(study: optuna.Study, rows, best, dense, ensemble, images, top_k: int) -> str:
-    counts = {s: sum(r["state"] == s for r in rows) for s in ("COMPLETE", "PRUNED", "FAIL")}
+def _markdown(study, ranked, dense, ensemble, images, top_k: int) -> str:
+    counts = state_counts(study)
     lines = [
         f"# Study `{study.study_name}`",
         "",
-        f"{counts['COMPLETE']} complete, {counts['PRUNED']} pruned early, "
-        f"{counts['FAIL']} failed trials.",
+        f"{counts['complete']} complete, {counts['pruned']} pruned early, "
+        f"{counts['fail']} failed trials.",
         "",
     ]
     if dense:
-        lines += [f"Dense reference: val_acc {dense.get('val_acc', float('nan')):.4f}, "
-                  f"test_acc {dense.get('test_acc', float('nan')):.4f}.", ""]  # fmt: skip
-    ranked = sorted(
-        [r for r in rows if r["state"] == "COMPLETE" and r["feasible"] and r["value"]],
-        key=lambda r: -r["value"],
-    )[:top_k]
-    lines += ["| trial | val_acc | test_acc | sparsity | nonzero | recipe |",
-              "|---:|---:|---:|---:|---:|---|"]  # fmt: skip
-    for r in ranked:
-        recipe = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                          for k, v in r["params"].items())  # fmt: skip
-        lines.append(
-            f"| {r['number']} | {r['value']:.4f} | {r['test_acc'] or float('nan'):.4f} | "
-            f"{r['sparsity'] or 0:.4f} | {r['nonzero'] or 0:,} | {recipe} |"
-        )
-    if best is None:
+        lines += [f"Dense reference: val_acc {fmt(dense.get('val_acc'))}, "
+                  f"test_acc {fmt(dense.get('test_acc'))}.", ""]  # fmt: skip
+    lines += markdown_table(ranked[:top_k])
+    if not ranked:
         lines.append("\nNo feasible complete trial yet.")
     if ensemble:
         lines += ["", "## Ensemble", "", "| model | test_acc | nonzero |", "|---|---:|---:|"]
@@ -133,32 +145,11 @@ def build_report(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rows = _trial_rows(study)
-    best = _best(rows)
-    dense = study.user_attrs.get("dense_reference")
-    images: dict[str, Path] = {}
-    finished = [r for r in rows if r["state"] == "COMPLETE" and r["sparsity"] is not None]
-    if finished:
-        points = [{"sparsity": r["sparsity"], "acc": r["value"], "feasible": r["feasible"]}
-                  for r in finished if r["value"] is not None]  # fmt: skip
-        images["accuracy_vs_sparsity"] = figures.accuracy_vs_sparsity(
-            points, dense.get("val_acc") if dense else None, folder / "accuracy_vs_sparsity.png"
-        )
-    if best and best["checkpoint"] and Path(best["checkpoint"]).is_file():
-        images["layer_sparsity"] = figures.layer_sparsity(
-            layer_sparsity_of(best["checkpoint"]), folder / "layer_sparsity.png",
-            f"Per-layer sparsity of the best trial (#{best['number']})",
-        )  # fmt: skip
-    if rows:
-        images["history"] = figures.optimisation_history(rows, folder / "history.png")
-    importances = _importances(study)
-    if importances:
-        images["importances"] = figures.parameter_importances(
-            importances, folder / "importances.png"
-        )
-    if ensemble:
-        images["ensemble"] = figures.ensemble_comparison(ensemble, folder / "ensemble.png")
+    ranked = ranked_trials(study)
+    dense = study.user_attrs.get(StudyAttr.DENSE_REFERENCE)
+    images = _images(study, rows, ranked[0] if ranked else None, dense, ensemble, folder)
     markdown = folder / "report.md"
-    markdown.write_text(_markdown(study, rows, best, dense, ensemble, images, top_k))
+    markdown.write_text(_markdown(study, ranked, dense, ensemble, images, top_k))
     report = Report(folder=folder, markdown=markdown, figures=images, rows=rows)
     if log_to_mlflow:
         _log(study, report)
@@ -166,26 +157,21 @@ def build_report(
 
 
 def _log(study: optuna.Study, report: Report) -> None:
-    run_id = study.user_attrs.get("mlflow_parent_run_id")
-    uri = study.user_attrs.get("tracking_uri")
-    if not run_id or not uri:
+    tracking = tracking_of(study)
+    if not tracking.parent_run_id or not tracking.uri:
         return
-    client = MlflowClient(uri)
+    client = MlflowClient(tracking.uri)
     for path in [report.markdown, *report.figures.values()]:
-        client.log_artifact(run_id, str(path), artifact_path="report")
+        client.log_artifact(tracking.parent_run_id, str(path), artifact_path="report")
 
 
-def latest_ensemble(folder: Path, study_name: str) -> list[dict[str, Any]] | None:
-    """Comparison rows of the newest saved ensemble of the study, if any."""
-    files = sorted(folder.glob(f"{study_name}-*.pt"), key=lambda p: p.stat().st_mtime)
-    if not files:
-        return None
-    saved = torch.load(files[-1], map_location="cpu", weights_only=True)
-    evaluation = saved.get("info", {}).get("evaluation")
+def ensemble_rows(info: dict[str, Any] | None) -> list[dict[str, Any]] | None:
+    """Comparison rows (ensemble, then each member) from a saved ensemble's info."""
+    evaluation = (info or {}).get("evaluation")
     if not evaluation:
         return None
     costs = evaluation["costs"]
-    rows = [{"name": f"ensemble ({saved['info'].get('weighting', '')})", "kind": "ensemble",
+    rows = [{"name": f"ensemble ({info.get('weighting', '')})", "kind": "ensemble",
              "test_acc": evaluation["ensemble"]["test_acc"],
              "nonzero": int(costs["nonzero_params"])}]  # fmt: skip
     rows += [{"name": r["name"], "kind": "member", "test_acc": r["test_acc"],
@@ -193,13 +179,13 @@ def latest_ensemble(folder: Path, study_name: str) -> list[dict[str, Any]] | Non
     return rows
 
 
-def run_report(cfg) -> Report:
-    """The command: open the study named by `search.*`, write the report, log it."""
-    from lightning_prune.search import load_study
-
-    study = load_study(cfg.search.storage, cfg.search.study_name)
-    ensemble = latest_ensemble(Path(cfg.output_dir) / "ensembles", study.study_name)
-    dense = study.user_attrs.get("dense_reference")
+def run_report(cfg, study: optuna.Study | None = None) -> Report:
+    """The command: the study named by `search.*` (unless given) and its newest ensemble."""
+    if study is None:
+        study = load_study(cfg.search.storage, cfg.search.study_name)
+    saved = latest_ensemble_info(ensemble_folder(cfg.output_dir), study.study_name)
+    ensemble = ensemble_rows(saved)
+    dense = study.user_attrs.get(StudyAttr.DENSE_REFERENCE)
     if ensemble and dense and dense.get("test_acc") is not None:
         ensemble.append({"name": "dense model", "kind": "dense", "test_acc": dense["test_acc"],
                          "nonzero": int(dense["params"])})  # fmt: skip

@@ -1,0 +1,340 @@
+"""The study contract: what the search writes and what the ensembles, the report and the CLI read.
+
+Written once, here: storage URLs, opening a study, the attribute keys of trials and studies,
+which trials count, which are feasible and how they rank, and where the study's MLflow runs
+are. Every reader goes through this module, so the two sides cannot drift apart.
+
+What a study holds:
+
+- `trial.value` (one objective) is the final `val_acc`; a Pareto study's `trial.values` are
+  [val_acc, sparsity] (or [val_acc, latency_ms]).
+- Feasibility uses Optuna's constraints: `trial.constraints` maps each stated demand
+  (`min_sparsity`, `max_nonzero_params`, `max_flops`, `max_latency_ms`) to a violation,
+  feasible when every value is <= 0 (also stored as `TrialAttr.FEASIBLE`).
+- User attributes of each trial and of the study: `TrialAttr` and `StudyAttr` below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import optuna
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import (
+    BaseStorage,
+    JournalStorage,
+    RDBStorage,
+    RetryFailedTrialCallback,
+    RetryHeartbeatStaleTrialCallback,
+)
+from optuna.storages.journal import JournalFileBackend
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from lightning_prune.config import ConfigError
+
+DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
+CHECKPOINT_NAME = "model.pt"  # a trial's pruned model: in its folder and as its MLflow artifact
+SERVER_SCHEMES = ("postgresql", "postgres", "mysql")
+StorageKind = Literal["journal", "sqlite", "rdb"]
+
+# Optuna warns on every call of these public (but "experimental") accessors; we rely on them.
+warnings.filterwarnings(
+    "ignore", r".*RetryFailedTrialCallback\.(retry_history|retried_trial_number) is experimental",
+    ExperimentalWarning,
+)  # fmt: skip
+
+
+class TrialAttr:
+    """Keys of `trial.user_attrs`.
+
+    A COMPLETE trial has CHECKPOINT (absolute path of its `model.pt`, saved with
+    `lightning_prune.checkpoint.save_model`), MLFLOW_RUN_ID, the measured results (`RESULTS`),
+    FEASIBLE, CURVE, EPOCHS, DURATION_S and WORKER. A PRUNED trial has the same minus
+    CHECKPOINT and TEST_ACC, plus PRUNED_AT_STEP and PRUNED_REASON. A FAIL trial has
+    FAIL_REASON (and INTERRUPTED after Ctrl-C, SURPLUS when other workers filled the study).
+    """
+
+    CHECKPOINT = "checkpoint"
+    MLFLOW_RUN_ID = "mlflow_run_id"
+    SPARSITY = "sparsity"
+    NONZERO_PARAMS = "nonzero_params"
+    FLOPS = "flops"
+    LATENCY_MS = "latency_ms"  # only when a demand or the Pareto objective needs it
+    VAL_ACC = "val_acc"
+    TEST_ACC = "test_acc"
+    FEASIBLE = "feasible"
+    CURVE = "curve"  # one `CurvePoint` dict per validation, kept up to date while running
+    EPOCHS = "epochs"
+    DURATION_S = "duration_s"
+    WORKER = "worker"  # host:pid of the process that ran it
+    PRUNED_AT_STEP = "pruned_at_step"
+    PRUNED_REASON = "pruned_reason"
+    FAIL_REASON = "fail_reason"
+    INTERRUPTED = "interrupted"
+    SURPLUS = "surplus"
+
+    RESULTS = (MLFLOW_RUN_ID, SPARSITY, NONZERO_PARAMS, FLOPS, VAL_ACC, TEST_ACC)
+
+
+class CurvePoint:
+    """Keys of one point of `TrialAttr.CURVE`; the monitored metric is keyed by its own name."""
+
+    STEP = "step"  # the trainer's global step
+    EPOCH = "epoch"
+    SPARSITY = "sparsity"
+    RAMP_PROGRESS = "ramp_progress"
+
+
+class StudyAttr:
+    """Keys of `study.user_attrs`."""
+
+    MLFLOW_PARENT_RUN_ID = "mlflow_parent_run_id"
+    TRACKING_URI = "tracking_uri"
+    EXPERIMENT = "experiment"
+    CONFIG = "config"  # the whole resolved config of the search
+    DENSE_REFERENCE = "dense_reference"  # {val_acc, test_acc, params, seconds}
+    LAST_OUTCOME = "last_outcome"  # done | interrupted | timeout | incomplete
+
+
+# --- storage URLs ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StorageURL:
+    """A parsed `search.storage`: its kind and, for a local one, the file it names."""
+
+    url: str
+    kind: StorageKind
+    path: Path | None  # None for a database server or an in-memory SQLite
+
+
+def parse_storage(url: str) -> StorageURL:
+    """`journal:///runs/optuna.journal` (or a path ending in .journal): several processes on one
+    machine; `sqlite:///runs/optuna.db`: one process; `postgresql://...`: many machines."""
+    for prefix in ("journal:///", "journal://"):
+        if url.startswith(prefix):
+            return StorageURL(url, "journal", Path(url.removeprefix(prefix)))
+    if "://" not in url and url.endswith(".journal"):
+        return StorageURL(url, "journal", Path(url))
+    scheme, _, rest = url.partition("://")
+    scheme = scheme.split("+", 1)[0]
+    if scheme == "sqlite":
+        file = rest.removeprefix("/").split("?", 1)[0]
+        return StorageURL(url, "sqlite", Path(file) if file not in ("", ":memory:") else None)
+    if scheme in SERVER_SCHEMES:
+        return StorageURL(url, "rdb", None)
+    raise ConfigError(
+        f"search.storage={url!r} is not a storage URL; use sqlite:///runs/optuna.db, "
+        "journal:///runs/optuna.journal or postgresql://user:password@host:port/db"
+    )
+
+
+def check_storage(url: str, workers: int) -> None:
+    """Fail before any trial when the storage cannot take `workers` parallel writers."""
+    if not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"search.workers must be an integer >= 1, got {workers!r}")
+    if workers > 1 and parse_storage(url).kind == "sqlite":
+        raise ConfigError(
+            f"search.workers={workers} needs a storage safe for parallel writers, not SQLite "
+            f"({url}); use search.storage=journal:///runs/optuna.journal on one machine or "
+            "search.storage=postgresql://... across machines"
+        )
+
+
+def has_heartbeats(url: str, heartbeat_interval: int | None) -> bool:
+    """Database storages beat when asked to; a journal file has no heartbeats."""
+    return parse_storage(url).kind != "journal" and bool(heartbeat_interval)
+
+
+@contextlib.contextmanager
+def quiet_experimental() -> Iterator[None]:
+    """Heartbeats and retries are "experimental" in Optuna since 2.x; we rely on them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        yield
+
+
+def make_storage(
+    url: str,
+    heartbeat_interval: int | None = 10,
+    grace_period: int | None = 30,
+    max_retry: int | None = 2,
+) -> BaseStorage:
+    """Open (creating when needed) the storage at `url`; a database storage with heartbeats
+    fails a dead worker's trial after `grace_period` seconds and queues a copy."""
+    location = parse_storage(url)
+    if location.kind == "journal":
+        location.path.parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(str(location.path)))
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if location.kind == "sqlite":
+        if location.path is not None:
+            location.path.parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    heartbeat = heartbeat_interval if heartbeat_interval else None
+    with quiet_experimental():
+        retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat else None
+        return RDBStorage(
+            url,
+            engine_kwargs=engine_kwargs,
+            heartbeat_interval=heartbeat,
+            grace_period=grace_period if heartbeat else None,
+            heartbeat_stale_trial_callback=retry,
+        )
+
+
+# --- opening a study ---------------------------------------------------------------------
+
+
+class StudyNotFoundError(KeyError):
+    """No storage at the URL, or no such study in it; the message names the studies there."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def load_study(
+    storage: str,
+    study_name: str | None = None,
+    *,
+    sampler: optuna.samplers.BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> optuna.Study:
+    """Open an existing study, never creating a storage file or a study.
+
+    `study_name=None` takes the storage's only study. Raises StudyNotFoundError (a KeyError).
+    """
+    location = parse_storage(storage)
+    if location.path is not None and not location.path.exists():
+        raise StudyNotFoundError(
+            f"no Optuna storage at {storage} (run `lightning-prune search` first)"
+        )
+    opened = make_storage(storage, heartbeat_interval=None)
+    names = optuna.study.get_all_study_names(storage=opened)
+    if study_name is None:
+        if len(names) != 1:
+            raise StudyNotFoundError(f"name the study: storage {storage} holds studies {names}")
+        study_name = names[0]
+    if study_name not in names:
+        raise StudyNotFoundError(f"no study {study_name!r} in {storage}; studies there: {names}")
+    return optuna.load_study(study_name=study_name, storage=opened, sampler=sampler, pruner=pruner)
+
+
+# --- which trials count, are feasible, and win -------------------------------------------
+
+
+def retried_numbers(trials: list[FrozenTrial]) -> set[int]:
+    """Numbers of FAIL trials that were queued again (their retry stands in for them)."""
+    numbers: set[int] = set()
+    for trial in trials:
+        numbers.update(RetryFailedTrialCallback.retry_history(trial))
+    return numbers
+
+
+def is_retry(trial: FrozenTrial) -> bool:
+    """True for a copy queued in place of a failed trial."""
+    return RetryFailedTrialCallback.retried_trial_number(trial) is not None
+
+
+def counted_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials that use up `n_trials`: finished, pruned, running, queued, and failed ones
+    that were not retried or interrupted (those are re-run, so they do not count)."""
+    retried = retried_numbers(trials)
+    return [
+        t for t in trials
+        if not (t.state == TrialState.FAIL
+                and (t.number in retried or t.user_attrs.get(TrialAttr.INTERRUPTED)))
+    ]  # fmt: skip
+
+
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    """complete / pruned / fail / running / waiting among counted trials, plus retried."""
+    trials = study.get_trials(deepcopy=False)
+    counts = {name: 0 for name in ("complete", "pruned", "fail", "running", "waiting")}
+    for trial in counted_trials(trials):
+        key = trial.state.name.lower()
+        if key in counts:
+            counts[key] += 1
+    counts["retried"] = len(retried_numbers(trials))
+    return counts
+
+
+def is_feasible(trial: FrozenTrial) -> bool:
+    """Feasible when every constraint value (Optuna's `trial.set_constraint`) is <= 0."""
+    return all(value <= 0 for value in trial.constraints.values())
+
+
+def _oriented(trial: FrozenTrial, directions: list[StudyDirection]) -> tuple[float, ...]:
+    """Objective values turned so that larger is better for every objective."""
+    sign = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in directions]
+    return tuple(s * v for s, v in zip(sign, trial.values, strict=True))
+
+
+def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
+
+
+def _ranked(study: optuna.Study) -> list[tuple[FrozenTrial, int]]:
+    """(trial, how many trials dominate it) for finished feasible trials, best first."""
+    directions = list(study.directions)
+    trials = [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if t.values is not None and all(math.isfinite(v) for v in t.values) and is_feasible(t)
+    ]  # fmt: skip
+    scored = {t.number: _oriented(t, directions) for t in trials}
+    beaten = {t.number: sum(_dominates(scored[o.number], scored[t.number]) for o in trials)
+              for t in trials}  # fmt: skip
+    if len(directions) == 1:
+        order = sorted(trials, key=lambda t: (-scored[t.number][0], t.number))
+    else:
+        order = sorted(trials, key=lambda t: (beaten[t.number] > 0, -scored[t.number][0], t.number))
+    return [(t, beaten[t.number]) for t in order]
+
+
+def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Finished, feasible trials, best first: by value in the study's direction; with several
+    objectives the Pareto front (non-dominated) first, then by the first objective (val_acc)."""
+    return [trial for trial, _ in _ranked(study)]
+
+
+def best_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The winners: `ranked_trials` with one objective; the feasible Pareto front with several."""
+    if len(study.directions) == 1:
+        return ranked_trials(study)
+    return [trial for trial, beaten in _ranked(study) if beaten == 0]
+
+
+# --- where the study's runs are ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyTracking:
+    """Where a study's MLflow runs are: one parent run, one child run per trial."""
+
+    uri: str | None
+    experiment: str | None
+    parent_run_id: str | None
+
+
+def tracking_of(study: optuna.Study) -> StudyTracking:
+    """The tracking store, experiment and parent run the search recorded on the study."""
+    attrs = study.user_attrs
+    return StudyTracking(
+        attrs.get(StudyAttr.TRACKING_URI),
+        attrs.get(StudyAttr.EXPERIMENT),
+        attrs.get(StudyAttr.MLFLOW_PARENT_RUN_ID),
+    )
+
+
+def record_tracking(study: optuna.Study, tracking: StudyTracking) -> None:
+    """Write where the study's runs are (the search does, once per parent run)."""
+    study.set_user_attr(StudyAttr.MLFLOW_PARENT_RUN_ID, tracking.parent_run_id)
+    study.set_user_attr(StudyAttr.TRACKING_URI, tracking.uri)
+    study.set_user_attr(StudyAttr.EXPERIMENT, tracking.experiment)
