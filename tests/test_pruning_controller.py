@@ -82,3 +82,36 @@ def test_auto_target_rises_in_a_real_fit_while_the_metric_holds():
     assert "raise" in kinds and "backoff" not in kinds
     assert pruning.target_sparsity > 0.5
     assert pruning.summary()["sparsity"] > 0.5
+
+
+class SparsityAtValidation(pl.Callback):
+    def __init__(self, pruning: AdaptivePruning):
+        self.pruning, self.values = pruning, []
+
+    def on_validation_end(self, trainer, pl_module):
+        if not trainer.sanity_checking:
+            self.values.append(self.pruning.store.sparsity())
+
+
+def test_ramp_waits_for_a_dense_reference_and_still_ends_on_time(recwarn):
+    """start=0 with a monitor: pruning starts after the first validation (no warning about a
+    partly pruned reference) and reaches the target at `end` all the same."""
+    pruning = AdaptivePruning(
+        target_sparsity=0.8, start=0.0, end=0.75, frequency=2, monitor="val_acc",
+        tolerance=1.0, verbose=False,
+    )  # fmt: skip
+    seen = SparsityAtValidation(pruning)
+    trainer([pruning, seen], max_epochs=4).fit(classifier(), tiny_data())
+    assert seen.values[0] == 0.0  # the reference validation saw the dense model
+    assert not pruning.controller.reference_after_start
+    assert not [w for w in recwarn if "partly pruned" in str(w.message)]
+    assert pruning.schedule.start_step == 8 and pruning.schedule.end_step == 24
+    assert seen.values[2] == pytest.approx(0.8, abs=0.01)  # target at 75 % of training
+
+
+def test_without_validation_the_ramp_does_not_wait():
+    pruning = AdaptivePruning(target_sparsity=0.8, frequency=2, verbose=False)
+    with pytest.warns(UserWarning, match="no validation ran"):
+        trainer([pruning], max_epochs=2, limit_val_batches=0).fit(classifier(), tiny_data())
+    assert pruning.schedule.start_step == 0
+    assert pruning.summary()["sparsity"] == pytest.approx(0.8, abs=0.01)

@@ -189,6 +189,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
         self._clock = 0  # ramp steps done (see trainer_support for the unit)
         self._batch_open = False
         self._rezero_each_step = True  # unless every optimizer keeps zero weights at zero
+        self._hold_until = -1  # ramp steps the start may wait for the dense reference
         self._refresh_at = -1
         self._last_validation_clock = 0
         self._ramp_placed = False
@@ -260,6 +261,13 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
         self.stats.attach(list(self.store.params.values()))
         self.store.apply_to_weights()
         self._rezero_each_step = not zeros_stay_zero(trainer.optimizers)
+        # the controller's reference should come from the dense model: when pruning would start
+        # before the first validation, it waits for it (at most half of the ramp)
+        self._log(pl_module, self._metrics(), now=False)  # monitors find them from the start
+        self._hold_until = -1
+        if self.controller is not None and trainer.enable_validation and not self.applied_goal:
+            start, end = self.schedule.start_step, self.schedule.end_step
+            self._hold_until = start + (end - start) // 2
         if not self._roles_known and self._trace is None:
             # every covered module, matched or not: the output layer may be left out
             self._trace = ForwardTrace(select_params(self._module, ("*",), (), embeddings=True))
@@ -314,6 +322,10 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
             self.shadows.step(
                 self.store.params, self.store.pruned_float, float(group["lr"]), adaptive
             )
+        if self.controller is not None and self.controller.reference is not None:
+            self._hold_until = -1
+        if self.schedule.start_step <= step < self._hold_until and not self.schedule.started:
+            self.schedule.delay_start(step + 1)
         paused = self.controller is not None and self.controller.paused
         self.schedule.tick(step, paused)
         if self._force_update or self.schedule.update_due(

@@ -53,6 +53,12 @@ class SparsitySchedule:
         self.final = final
         self.length = 1 if self.kind == "oneshot" else self.end_step - self.start_step
 
+    def delay_start(self, step: int) -> None:
+        """Start at `step` instead (not yet started), still reaching the target at `end`."""
+        self.start_step = step
+        if self.kind != "oneshot":
+            self.length = max(1, self.end_step - step)
+
     def tick(self, step: int, paused: bool) -> None:
         """Advance the clock by one optimizer step unless paused or before `start`."""
         if step < self.start_step:
