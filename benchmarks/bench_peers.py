@@ -30,6 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from common import results_dir  # noqa: E402  (benchmarks/ is on sys.path)
 
+from lightning_prune.config import load_preset  # noqa: E402
 from lightning_prune.data import FashionMNISTDataModule  # noqa: E402
 from lightning_prune.models import Classifier  # noqa: E402
 from lightning_prune.pruning import AdaptivePruning  # noqa: E402
@@ -211,9 +212,7 @@ def main() -> None:
         args.seeds, args.epochs, args.sparsities = [0], 2, [0.9, 0.98]
         args.subset, args.finetune = args.subset or 3000, 1
     torch.set_num_threads(args.threads)
-    preset = OmegaConf.to_container(
-        OmegaConf.load(REPO / "conf" / "pruning" / f"{args.preset}.yaml")
-    )
+    preset = OmegaConf.to_container(load_preset("pruning", args.preset))
     preset.pop("_target_")
     if args.quick:
         preset["frequency"] = 5

@@ -30,6 +30,19 @@ def config_groups() -> dict[str, list[str]]:
     }
 
 
+def load_preset(group: str, name: str) -> DictConfig:
+    """One option of a config group as Hydra composes it, its `defaults` (base) resolved.
+
+    For code that reads a preset on its own rather than inside the whole config, e.g.
+    `instantiate(load_preset("pruning", "dns"))`; a plain `OmegaConf.load` of the file
+    would miss what the preset inherits.
+    """
+    if name not in config_groups().get(group, []):
+        raise ConfigError(f"no preset {group}/{name}; options: {config_groups().get(group)}")
+    composed = _compose([], f"{group}/{name}")  # placed under its group's key, as in a run
+    return composed.get(group) or OmegaConf.create({})
+
+
 def _compose(overrides: list[str], config_name: str) -> DictConfig:
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         return compose(config_name=config_name, overrides=overrides)

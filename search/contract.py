@@ -46,7 +46,7 @@ StorageKind = Literal["journal", "sqlite", "rdb"]
 
 # Optuna warns on every call of these public (but "experimental") accessors; we rely on them.
 warnings.filterwarnings(
-    "ignore", r".*RetryFailedTrialCallback\.(retry_history|retried_trial_number) is experimental",
+    "ignore", r".*Callback\.(retry_history|retried_trial_number) is experimental",
     ExperimentalWarning,
 )  # fmt: skip
 
