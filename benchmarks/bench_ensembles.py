@@ -33,6 +33,7 @@ from lightning_prune.ensembles import (
     fit_ensemble,
     select_members,
 )
+from lightning_prune.search import TrialAttr
 
 from lightning_prune.checkpoint import save_model
 from lightning_prune.config import load_config
@@ -101,9 +102,12 @@ def train_members(args: argparse.Namespace, seed: int, folder: Path) -> optuna.S
                               components=(datamodule, model, None))  # fmt: skip
         summary = callback.summary()
         path = save_model(folder / f"member-{j}" / "model.pt", result.model, cfg.model, {})
-        attrs = {"checkpoint": str(path.resolve()), "val_acc": result.metrics["val_acc"],
-                 "sparsity": summary["sparsity"], "nonzero_params": summary["nonzero_params"],
-                 "flops": summary["flops"], "mlflow_run_id": None, "test_acc": None}  # fmt: skip
+        attrs = {TrialAttr.CHECKPOINT: str(path.resolve()),
+                 TrialAttr.VAL_ACC: result.metrics["val_acc"],
+                 TrialAttr.SPARSITY: summary["sparsity"],
+                 TrialAttr.NONZERO_PARAMS: summary["nonzero_params"],
+                 TrialAttr.FLOPS: summary["flops"], TrialAttr.MLFLOW_RUN_ID: None,
+                 TrialAttr.TEST_ACC: None}  # fmt: skip
         study.add_trial(optuna.trial.create_trial(
             value=result.metrics["val_acc"], user_attrs=attrs,
             params=recipe, distributions={k: optuna.distributions.CategoricalDistribution(

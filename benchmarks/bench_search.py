@@ -23,7 +23,7 @@ from pathlib import Path
 
 import optuna
 from common import results_dir  # noqa: E402  (benchmarks/ is on sys.path)
-from lightning_prune.search import best_trials, run_search
+from lightning_prune.search import TrialAttr, best_trials, run_search
 from lightning_prune.search.pruners import build_pruner
 from optuna.trial import TrialState
 
@@ -88,20 +88,25 @@ def summarise(study: optuna.Study, wall: float) -> dict:
         "finished": count[TrialState.COMPLETE],
         "pruned": count[TrialState.PRUNED],
         "failed": count[TrialState.FAIL],
-        "epochs": sum(int(t.user_attrs.get("epochs", 0)) for t in trials),
+        "epochs": sum(int(t.user_attrs.get(TrialAttr.EPOCHS, 0)) for t in trials),
         "trials_per_h": evaluated / wall * 3600,
-        "best_val": best[0].user_attrs["val_acc"] if best else None,
-        "best_test": best[0].user_attrs.get("test_acc") if best else None,
+        "best_val": best[0].user_attrs[TrialAttr.VAL_ACC] if best else None,
+        "best_test": best[0].user_attrs.get(TrialAttr.TEST_ACC) if best else None,
         "best_trial": best[0].number if best else None,
         "fail_reasons": sorted(
             {
-                str(t.user_attrs.get("fail_reason", ""))[:80]
+                str(t.user_attrs.get(TrialAttr.FAIL_REASON, ""))[:80]
                 for t in trials
                 if t.state == TrialState.FAIL
             }
         ),
         "curves": [
-            (t.number, t.user_attrs.get("curve", []), t.user_attrs.get("feasible"), t.value)
+            (
+                t.number,
+                t.user_attrs.get(TrialAttr.CURVE, []),
+                t.user_attrs.get(TrialAttr.FEASIBLE),
+                t.value,
+            )
             for t in trials
             if t.state == TrialState.COMPLETE
         ],

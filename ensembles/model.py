@@ -7,12 +7,14 @@ The ensemble outputs log-probabilities, so `argmax` is the prediction and
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
 
 COMBINES = ("prob", "logprob")
 
@@ -81,6 +83,7 @@ class WeightedEnsemble(pl.LightningModule):
         if num_classes is not None:
             self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
 
+    @override
     def train(self, mode: bool = True) -> WeightedEnsemble:
         """Members stay in eval mode: the ensemble is never trained."""
         super().train(mode)
@@ -88,17 +91,15 @@ class WeightedEnsemble(pl.LightningModule):
             member.eval()
         return self
 
-    def set_weights(self, weights: torch.Tensor | Sequence[float]) -> None:
-        """Replace the ensemble weights (validated and normalised)."""
-        self.weights.copy_(check_weights(weights, len(self.members)))
-
+    @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Ensemble log-probabilities; members with zero weight are not run at all."""
         active = [i for i, w in enumerate(self.weights.tolist()) if w > 0]
         outputs = [F.log_softmax(self.members[i](x).float(), dim=-1) for i in active]
         return combine_log_probs(torch.stack(outputs), self.weights[active], self.combine)
 
-    def test_step(self, batch, batch_idx: int) -> None:
+    @override
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
         log_probs = self(x)
         if self.test_accuracy is None:
@@ -108,10 +109,12 @@ class WeightedEnsemble(pl.LightningModule):
         self.log("test_loss", F.nll_loss(log_probs, y), on_epoch=True)
         self.log("test_acc", self.test_accuracy, on_epoch=True)
 
-    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+    @override
+    def predict_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x = batch[0] if isinstance(batch, list | tuple) else batch
         return self(x).exp()
 
+    @override
     def configure_optimizers(self) -> None:
         """Nothing to train: weights are fitted on validation data by `fit_weights`."""
         return None

@@ -178,7 +178,7 @@ def make_storage(
         if location.path is not None:
             location.path.parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    heartbeat = heartbeat_interval if heartbeat_interval else None
+    heartbeat = heartbeat_interval or None
     with quiet_experimental():
         retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat else None
         return RDBStorage(

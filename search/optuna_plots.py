@@ -9,8 +9,6 @@ from typing import Any
 
 import optuna
 
-PLOTS = ("optimization_history", "param_importances", "pareto_front")
-
 
 def _drawers(study: optuna.Study) -> dict[str, Callable[[], Any]]:
     from optuna.visualization import matplotlib as ovm
@@ -28,8 +26,9 @@ def _drawers(study: optuna.Study) -> dict[str, Callable[[], Any]]:
 
 
 def optuna_figures(study: optuna.Study, names: Iterable[str]) -> dict[str, Any]:
-    """{name: matplotlib Figure} for each of `names` (from PLOTS) that can be drawn; a plot
-    that cannot (too few trials, one distinct value, ...) is left out."""
+    """{name: matplotlib Figure} for each of `names` ("optimization_history",
+    "param_importances", "pareto_front") that can be drawn; a plot that cannot (too few
+    trials, one distinct value, ...) is left out."""
     import matplotlib
 
     matplotlib.use("Agg")

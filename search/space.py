@@ -188,12 +188,3 @@ def apply_overrides(cfg: DictConfig, values: dict[str, Any]) -> DictConfig:
     for key, value in values.items():
         OmegaConf.update(trial_cfg, key, value, force_add=True)
     return trial_cfg
-
-
-def describe(chosen: dict[str, Any]) -> str:
-    """A compact one-line recipe for tables."""
-    parts = []
-    for name, value in chosen.items():
-        shown = f"{value:.3g}" if isinstance(value, float) else str(value)
-        parts.append(f"{name}={shown}")
-    return " ".join(parts)

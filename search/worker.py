@@ -108,7 +108,7 @@ def install_sigint(stop_event: threading.Event, announce: bool = True, abort: bo
     if threading.current_thread() is not threading.main_thread():
         return None
 
-    def handler(signum, frame):
+    def handler(_signum, _frame):
         if stop_event.is_set() and abort:
             raise KeyboardInterrupt
         stop_event.set()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,4 +39,3 @@ def fashion_mnist_available() -> bool:
 needs_fmnist = pytest.mark.skipif(
     not fashion_mnist_available(), reason="Fashion-MNIST not installed (make data)"
 )
-has_initdb = bool(shutil.which("initdb")) or any(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
