@@ -20,6 +20,7 @@ demo: $(STAMP) data
 
 test: $(STAMP) data system-deps
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q
 
 lint: $(STAMP)
