@@ -47,6 +47,19 @@ RECIPES: dict[str, dict] = {
         "criterion": "hybrid", "criterion_kwargs": {"weights": {"magnitude": 0.3, "taylor": 0.7}},
         "start": 0.1, "end": 0.8, "frequency": 25,
     },
+    # structured (channels / neurons) for lenet5: the recipes of point 3
+    "s_magnitude": {"granularity": "structured", "allocation": "layerwise", "end": 0.6},
+    "s_taylor": {
+        "granularity": "structured", "allocation": "layerwise", "end": 0.6, "criterion": "taylor",
+    },
+    "s_hybrid_end80": {
+        "granularity": "structured", "allocation": "layerwise", "criterion": "hybrid",
+        "start": 0.1, "end": 0.8, "frequency": 25,
+    },
+    "s_activation": {
+        "granularity": "structured", "allocation": "layerwise", "end": 0.6,
+        "criterion": "activation",
+    },
 }  # fmt: skip
 OPTIMIZERS = {"adam": {"optimizer": "adam", "lr": 1e-3}, "sgd": {"optimizer": "sgd", "lr": 0.05}}
 

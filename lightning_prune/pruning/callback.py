@@ -20,11 +20,11 @@ from pytorch_lightning.utilities import rank_zero_warn
 from lightning_prune.pruning.controller import Controller
 from lightning_prune.pruning.criteria import Importance, build_criterion
 from lightning_prune.pruning.feedback import MetricFeedback
-from lightning_prune.pruning.granularity import NM, Heads, Structured, build_granularity
+from lightning_prune.pruning.granularity import build_granularity
 from lightning_prune.pruning.masks import MaskStore, reset_optimizer_state
 from lightning_prune.pruning.options import check_options, check_patterns
 from lightning_prune.pruning.persistence import PruningState
-from lightning_prune.pruning.regrowth import Shadows
+from lightning_prune.pruning.regrowth import RegrowthMode, Shadows
 from lightning_prune.pruning.reporting import PruningReport
 from lightning_prune.pruning.roles import learn_roles
 from lightning_prune.pruning.running_stats import RunningStats
@@ -135,13 +135,13 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
         self.include = check_patterns("include", include)
         self.exclude = check_patterns("exclude", exclude)
         self.granularity = build_granularity(granularity, nm, attention_heads)
-        if isinstance(self.granularity, NM):
-            target = self.granularity.sparsity
+        if self.granularity.fixed_sparsity is not None:
+            target = self.granularity.fixed_sparsity
         else:
             target = auto_initial if target_sparsity == "auto" else float(target_sparsity)
         self.target = target
         self.frequency, self.monitor, self.verbose = frequency, monitor, verbose
-        self.regrowth, self.total_steps = regrowth, total_steps
+        self.regrowth, self.total_steps = RegrowthMode(regrowth), total_steps
         self.prune_frozen, self.embeddings = prune_frozen, embeddings
         # rank 0 of a ddp_spawn run leaves its result here for the main process
         self._handoff_path = os.path.join(
@@ -223,7 +223,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
         if self.store is not None:
             return
         params = select_params(self._module, self.include, self.exclude, self.embeddings)
-        if not isinstance(self.granularity, Structured):
+        if not self.granularity.needs_output_layer:
             self.granularity.check(params)
         others = [c for c in trainer.callbacks if isinstance(c, AdaptivePruning) and c is not self]
         check_no_overlap(params, [c.store.param_list for c in others if c.store is not None])
@@ -234,9 +234,9 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
 
     def _build_store(self, params: list[PrunableParam]) -> None:
         self.store = MaskStore(params)
-        if isinstance(self.granularity, Heads):  # the target counts attention weights only
-            self.store.dense = frozenset(self.granularity.dense_names(self.store.params))
-        self.shadows = Shadows(params) if self.regrowth == "dns" else None
+        # weights the granularity never prunes (heads: all but attention) leave the sparsity
+        self.store.dense = frozenset(self.granularity.dense_names(self.store.params))
+        self.shadows = Shadows(params) if self.regrowth.shadows else None
 
     # ---- training hooks --------------------------------------------------------------------
 
@@ -287,7 +287,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
         if roles.kept is not None and self.applied_goal == 0:
             self._build_store(roles.kept)
             self.stats.attach(roles.kept)
-        if isinstance(self.granularity, Structured):
+        if self.granularity.needs_output_layer:
             self.granularity.check(list(self.store.params.values()))
 
     def on_before_optimizer_step(
@@ -329,7 +329,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
         paused = self.controller is not None and self.controller.paused
         self.schedule.tick(step, paused)
         if self._force_update or self.schedule.update_due(
-            step, self.frequency, self.applied_goal, self.regrowth != "none"
+            step, self.frequency, self.applied_goal, self.regrowth.swaps
         ):
             self._update_masks(trainer, step)
         elif self.applied_goal > 0 and (

@@ -10,6 +10,7 @@ the per-parameter granularities get them from `PerParam`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,7 +34,31 @@ def parse_nm(nm: str) -> tuple[int, int]:
     return n, m
 
 
-class PerParam:
+class Granularity:
+    """What the updater and the callback ask of every granularity; the defaults fit most."""
+
+    name = ""
+    keeps_output_whole = False  # the output layer keeps every group (no class is removed)
+    needs_output_layer = False  # `check` needs `is_output`, known after the first forward
+    fixed_sparsity: float | None = None  # a pattern that fixes the sparsity (N:M)
+
+    def check(self, params: Sequence[PrunableParam]) -> None:
+        """Raise a ValueError naming the layer and the option when a layer does not fit."""
+        del params
+
+    def dense_names(self, params: Mapping[str, PrunableParam]) -> set[str]:
+        """Parameters this granularity never prunes (left out of the sparsity)."""
+        del params
+        return set()
+
+    def pattern_masks(self, store, raw, growth, goal: float, growing: bool):
+        """Masks chosen inside each parameter by a fixed pattern, or None to let the updater
+        split a budget over groups (`score_groups` ... `expand_all`)."""
+        del store, raw, growth, goal, growing
+        return None
+
+
+class PerParam(Granularity):
     """The all-parameter interface of the updater, for granularities whose groups each lie in
     one parameter (`group_scores`, `groups_of`, `group_size`, `expand` per parameter)."""
 
@@ -61,9 +86,6 @@ class Unstructured(PerParam):
 
     name = "unstructured"
 
-    def check(self, params: Sequence[PrunableParam]) -> None:
-        del params
-
     def group_scores(self, param: PrunableParam, score: torch.Tensor) -> torch.Tensor:
         return score.reshape(-1)
 
@@ -85,6 +107,8 @@ class Structured(PerParam):
     """
 
     name = "structured"
+    keeps_output_whole = True
+    needs_output_layer = True
 
     def check(self, params: Sequence[PrunableParam]) -> None:
         if all(p.is_output for p in params):
@@ -111,7 +135,7 @@ class Structured(PerParam):
         return units.reshape(units.shape[0], -1).any(dim=1)
 
 
-class NM:
+class NM(Granularity):
     """N:M semi-structured: in every M consecutive weights along the input dimension keep N."""
 
     name = "n:m"
@@ -122,6 +146,22 @@ class NM:
     @property
     def sparsity(self) -> float:
         return 1.0 - self.n / self.m
+
+    @property
+    def fixed_sparsity(self) -> float:  # type: ignore[override]
+        return self.sparsity
+
+    def pattern_masks(self, store, raw, growth, goal: float, growing: bool):
+        """Within every block of M keep the best; pruned weights stay pruned unless growing."""
+        per_block = min(self.m - self.n, int(round(goal * self.m)))
+        masks = {}
+        for name, mask in store.masks.items():
+            if growing:
+                rank = torch.where(mask, torch.full_like(raw[name], math.inf), growth[name].float())
+            else:
+                rank = torch.where(mask, raw[name], torch.full_like(raw[name], -1.0))
+            masks[name] = self.mask(rank, per_block, store.params[name].block_axis)
+        return masks
 
     def check(self, params: Sequence[PrunableParam]) -> None:
         for p in params:
@@ -147,7 +187,7 @@ class NM:
         return keep.reshape(moved.shape).movedim(-1, block_axis).contiguous()
 
 
-class Heads:
+class Heads(Granularity):
     """Whole attention heads (see `attention`): for every nn.MultiheadAttention, and every
     separate-Linear block that `attention_heads` describes, one group per head made of its rows
     of q, k and v and its columns of the output projection.
@@ -221,7 +261,7 @@ class Heads:
 
 def build_granularity(
     granularity: str, nm: str, attention_heads: dict | None = None
-) -> Unstructured | Structured | NM | Heads:
+) -> Granularity:
     if granularity == "heads":
         return Heads(attention_heads)
     if granularity == "unstructured":

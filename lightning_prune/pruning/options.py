@@ -11,7 +11,7 @@ from lightning_prune.pruning.attention import check_attention_heads
 from lightning_prune.pruning.controller import MODES
 from lightning_prune.pruning.criteria import CRITERIA, Importance
 from lightning_prune.pruning.granularity import GRANULARITIES, parse_nm
-from lightning_prune.pruning.regrowth import REGROWTH
+from lightning_prune.pruning.regrowth import REGROWTH, RegrowthMode
 from lightning_prune.pruning.schedules import SCHEDULES
 
 
@@ -101,5 +101,5 @@ def check_options(o: dict[str, Any]) -> None:
         raise ValueError("target_sparsity='auto' needs a monitor (the metric decides the target)")
     if o["granularity"] == "n:m" and target == "auto":
         raise ValueError("target_sparsity='auto' is not available with granularity='n:m'")
-    if o["granularity"] == "n:m" and o["regrowth"] != "none":
+    if o["granularity"] == "n:m" and RegrowthMode(o["regrowth"]).swaps:
         raise ValueError("regrowth must be 'none' with granularity='n:m'")

@@ -21,6 +21,26 @@ from lightning_prune.pruning.selection import PrunableParam
 REGROWTH = ("none", "dns", "rigl")
 
 
+class RegrowthMode:
+    """What a regrowth name implies, so no other module compares the strings."""
+
+    def __init__(self, name: str) -> None:
+        if name not in REGROWTH:
+            raise ValueError(f"regrowth must be one of {list(REGROWTH)}, got {name!r}")
+        self.name = name
+
+    @property
+    def swaps(self) -> bool:
+        """Kept and pruned weights are exchanged during the ramp."""
+        return self.name != "none"
+
+    @property
+    def shadows(self) -> bool:
+        """Pruned weights keep training shadow values (DNS): they regrow with them, and a
+        swap must beat the weight it replaces."""
+        return self.name == "dns"
+
+
 def swap_count(kept: int, pruned: int, fraction: float, step: int, end_step: int) -> int:
     """How many groups of a layer to drop and regrow at `step` (cosine-decayed)."""
     if end_step <= 0 or step >= end_step:

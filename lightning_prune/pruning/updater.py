@@ -10,9 +10,9 @@ import torch
 
 from lightning_prune.pruning.allocation import allocate, lamp_transform
 from lightning_prune.pruning.criteria import Importance
-from lightning_prune.pruning.granularity import NM, Heads, Structured, Unstructured
+from lightning_prune.pruning.granularity import Granularity
 from lightning_prune.pruning.masks import MaskStore
-from lightning_prune.pruning.regrowth import Shadows, swap, swap_count
+from lightning_prune.pruning.regrowth import RegrowthMode, Shadows, swap, swap_count
 from lightning_prune.pruning.running_stats import RunningStats
 from lightning_prune.pruning.selection import PrunableParam
 
@@ -34,11 +34,11 @@ class MaskUpdater:
     def __init__(
         self,
         criterion: Importance,
-        granularity: Unstructured | Structured | NM | Heads,
+        granularity: Granularity,
         allocation: str,
         min_density: float,
         output_min_density: float,
-        regrowth: str,
+        regrowth: RegrowthMode,
         regrow_fraction: float,
     ) -> None:
         self.criterion, self.granularity, self.allocation = criterion, granularity, allocation
@@ -47,7 +47,7 @@ class MaskUpdater:
 
     def floor(self, param: PrunableParam) -> float:
         if param.is_output:
-            return 1.0 if isinstance(self.granularity, Structured) else self.output_min_density
+            return 1.0 if self.granularity.keeps_output_whole else self.output_min_density
         return self.min_density
 
     def _raw_scores(
@@ -81,7 +81,7 @@ class MaskUpdater:
     def _growth_scores(
         self, store: MaskStore, stats: RunningStats, raw: dict[str, torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        if self.regrowth == "dns":
+        if self.regrowth.shadows:
             return raw
         scores = {}
         for name, p in store.params.items():
@@ -106,14 +106,12 @@ class MaskUpdater:
         """New bool masks (per parameter name) at sparsity `goal`."""
         raw = self._raw_scores(store, stats, shadows)
         gran = self.granularity
-        if isinstance(gran, Heads):  # sparsity is measured on the weights that heads cover
-            store.dense = frozenset(gran.dense_names(store.params))
+        store.dense = frozenset(gran.dense_names(store.params))  # left out of the sparsity
         growing = goal < store.sparsity() - 1e-9
-        growth = (
-            self._growth_scores(store, stats, raw) if growing or self.regrowth != "none" else {}
-        )
-        if isinstance(gran, NM):
-            return self._update_nm(store, raw, growth, goal, growing)
+        growth = self._growth_scores(store, stats, raw) if growing or self.regrowth.swaps else {}
+        pattern = gran.pattern_masks(store, raw, growth, goal, growing)
+        if pattern is not None:
+            return pattern
         params = store.params
         group_raw = gran.score_groups(params, raw)
         kept_groups = gran.kept_groups(params, store.masks)
@@ -135,7 +133,7 @@ class MaskUpdater:
             floors[name] = self.floor(p)
         method = "global" if self.allocation == "lamp" else self.allocation
         keep = allocate(composite, sizes, goal, method, floors)
-        if self.regrowth != "none" and not growing:
+        if self.regrowth.swaps and not growing:
             keep = self._swap(store, keep, group_raw, group_growth, step, swap_end_step)
         return gran.expand_all(params, keep)
 
@@ -151,17 +149,6 @@ class MaskUpdater:
             kept, pruned = int(k.sum()), int((~k).sum())
             count = swap_count(kept, pruned, self.regrow_fraction, step, end_step)
             grow = group_growth[name]
-            out[name] = swap(k, group_raw[name], grow, count, require_better=self.regrowth == "dns")
+            better = self.regrowth.shadows
+            out[name] = swap(k, group_raw[name], grow, count, require_better=better)
         return out
-
-    def _update_nm(self, store, raw, growth, goal, growing) -> dict[str, torch.Tensor]:
-        gran = self.granularity
-        per_block = min(gran.m - gran.n, int(round(goal * gran.m)))
-        masks = {}
-        for name, mask in store.masks.items():
-            if growing:
-                rank = torch.where(mask, torch.full_like(raw[name], math.inf), growth[name].float())
-            else:
-                rank = torch.where(mask, raw[name], torch.full_like(raw[name], -1.0))
-            masks[name] = gran.mask(rank, per_block, store.params[name].block_axis)
-        return masks
