@@ -110,8 +110,19 @@ def test_ramp_waits_for_a_dense_reference_and_still_ends_on_time(recwarn):
 
 
 def test_without_validation_the_ramp_does_not_wait():
-    pruning = AdaptivePruning(target_sparsity=0.8, frequency=2, verbose=False)
+    pruning = AdaptivePruning(target_sparsity=0.8, start=0.0, frequency=2, verbose=False)
     with pytest.warns(UserWarning, match="no validation ran"):
         trainer([pruning], max_epochs=2, limit_val_batches=0).fit(classifier(), tiny_data())
     assert pruning.schedule.start_step == 0
     assert pruning.summary()["sparsity"] == pytest.approx(0.8, abs=0.01)
+
+
+def test_defaults_measure_the_reference_on_the_dense_model(recwarn):
+    """Two epochs: the default start (10 %) comes before the first validation, which the ramp
+    waits for; the reference is dense and nothing warns."""
+    pruning = AdaptivePruning(target_sparsity=0.8, verbose=False)
+    seen = SparsityAtValidation(pruning)
+    trainer([pruning, seen], max_epochs=2).fit(classifier(), tiny_data())
+    assert seen.values[0] == 0.0 and not pruning.controller.reference_after_start
+    assert pruning.controller.events[0]["kind"] == "reference"
+    assert not [w for w in recwarn if "AdaptivePruning" in str(w.message)]

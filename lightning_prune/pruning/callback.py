@@ -55,8 +55,9 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
         target_sparsity: final fraction of pruned weights in [0, 1), or "auto" (the controller
             raises it while `monitor` stays within `tolerance`, up to `max_sparsity`).
         max_sparsity: ceiling for "auto".
-        criterion: importance score: "magnitude", "gradient", "taylor", "activation", "random",
-            "hybrid", any name added with `register_criterion`, or an `Importance` instance.
+        criterion: importance score: "hybrid" (|w| and running |w*g|, each normalised by its
+            mean), "magnitude", "gradient", "taylor", "activation", "random", any name added
+            with `register_criterion`, or an `Importance` instance.
         criterion_kwargs: keyword arguments of the criterion, e.g. {"statistic": "apoz"}.
         granularity: "unstructured" (weights), "structured" (output neurons/channels), "n:m",
             or "heads" (whole attention heads; the target then counts attention weights only).
@@ -99,7 +100,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
         self,
         target_sparsity: float | Literal["auto"] = 0.9,
         max_sparsity: float = 0.99,
-        criterion: str | Importance = "magnitude",
+        criterion: str | Importance = "hybrid",
         criterion_kwargs: dict[str, Any] | None = None,
         granularity: str = "unstructured",
         nm: str = "2:4",
@@ -110,9 +111,9 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
         include: tuple[str, ...] | list[str] | str = ("*",),
         exclude: tuple[str, ...] | list[str] | str = (),
         schedule: str = "cubic",
-        start: float = 0.0,
-        end: float = 0.7,
-        frequency: int = 50,
+        start: float = 0.1,
+        end: float = 0.8,
+        frequency: int = 25,
         total_steps: int | None = None,
         regrowth: str = "none",
         regrow_fraction: float = 0.1,
