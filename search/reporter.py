@@ -31,8 +31,9 @@ class TrialReporter(pl.Callback):
         monitor: the logged metric to report, e.g. "val_acc".
         pruning: the AdaptivePruning callback of this run, or None for a dense run. Its
             `ramp_progress` (0..1) and `summary()["sparsity"]` are read at each validation.
-        enable_pruning: ask the Optuna pruner (off for multi-objective studies, where
-            Optuna has no pruning).
+        enable_pruning: report each validation to the trial and ask its pruner. Off with
+            `search.pruner.kind=none`, and for Pareto studies: Optuna 5's `Trial.report`
+            raises when a study has several objectives.
         stop_event: when set (Ctrl-C), the Trainer stops at the next batch.
         on_validation: called with each curve point {step, epoch, val_acc, sparsity,
             ramp_progress}, e.g. to log it to MLflow.

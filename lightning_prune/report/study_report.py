@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import optuna
 from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
@@ -85,7 +84,6 @@ def _optuna_images(study: optuna.Study, folder: Path) -> dict[str, Path]:
     images = {}
     for name, figure in optuna_figures(study, names).items():
         images[names[name]] = figures.save(figure, folder / f"{names[name]}.png")
-    plt.close("all")
     return images
 
 
