@@ -17,13 +17,16 @@ import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ModelPruning
+from pytorch_lightning.utilities.types import STEP_OUTPUT
 from torch import nn
 from torch.nn.utils import prune
+from typing_extensions import override
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -50,10 +53,21 @@ class StepTimer(pl.Callback):
         self.times: list[float] = []
         self._start = 0.0
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._start = time.perf_counter()
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: STEP_OUTPUT,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         self.times.append(time.perf_counter() - self._start)
 
 
