@@ -190,7 +190,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
         self._clock = 0  # ramp steps done (see trainer_support for the unit)
         self._batch_open = False
         self._rezero_each_step = True  # unless every optimizer keeps zero weights at zero
-        self._hold_until = -1  # ramp steps the start may wait for the dense reference
+        self._hold_until = -1  # until this ramp step the start may wait for a dense reference
         self._refresh_at = -1
         self._last_validation_clock = 0
         self._ramp_placed = False
@@ -262,13 +262,13 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
         self.stats.attach(list(self.store.params.values()))
         self.store.apply_to_weights()
         self._rezero_each_step = not zeros_stay_zero(trainer.optimizers)
-        # the controller's reference should come from the dense model: when pruning would start
-        # before the first validation, it waits for it (at most half of the ramp)
         self._log(pl_module, self._metrics(), now=False)  # monitors find them from the start
+        # the controller's reference should come from the dense model: when pruning would start
+        # before the first validation, it waits for it (keeping a quarter of the ramp at least)
         self._hold_until = -1
         if self.controller is not None and trainer.enable_validation and not self.applied_goal:
             start, end = self.schedule.start_step, self.schedule.end_step
-            self._hold_until = start + (end - start) // 2
+            self._hold_until = end - max(1, (end - start) // 4)
         if not self._roles_known and self._trace is None:
             # every covered module, matched or not: the output layer may be left out
             self._trace = ForwardTrace(select_params(self._module, ("*",), (), embeddings=True))
