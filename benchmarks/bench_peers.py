@@ -39,6 +39,7 @@ from lightning_prune.models import Classifier  # noqa: E402
 from lightning_prune.pruning import AdaptivePruning  # noqa: E402
 
 RESULTS = results_dir()
+MODEL: dict = {}  # Classifier keyword arguments (optimizer, lr), set from the command line
 METHODS = {
     "adaptive": "",
     "modelpruning": "ModelPruning (global L1)",
@@ -71,6 +72,17 @@ class StepTimer(pl.Callback):
         self.times.append(time.perf_counter() - self._start)
 
 
+def preset_options(name: str, quick: bool) -> dict:
+    """AdaptivePruning arguments of a conf/pruning preset; 'defaults' is the callback's own."""
+    options = {}
+    if name != "defaults":
+        options = OmegaConf.to_container(load_preset("pruning", name))
+        options.pop("_target_")
+    if quick:
+        options["frequency"] = 5
+    return options
+
+
 def make_trainer(epochs: int, callbacks: list[pl.Callback], **kwargs) -> pl.Trainer:
     return pl.Trainer(
         max_epochs=epochs, callbacks=callbacks, accelerator="cpu", devices=1, logger=False,
@@ -92,7 +104,7 @@ def weight_sparsity(model: nn.Module) -> float:
 
 def run_dense(data, epochs: int):
     timer = StepTimer()
-    trainer, model = make_trainer(epochs, [timer]), Classifier("lenet300")
+    trainer, model = make_trainer(epochs, [timer]), Classifier("lenet300", **MODEL)
     trainer.fit(model, data)
     return test_accuracy(trainer, model, data), 0.0, timer.times
 
@@ -101,7 +113,7 @@ def run_adaptive(data, epochs: int, sparsity: float, preset: dict):
     timer = StepTimer()
     options = {**preset, "target_sparsity": sparsity, "monitor": None, "verbose": False}
     pruning = AdaptivePruning(**options)
-    trainer, model = make_trainer(epochs, [pruning, timer]), Classifier("lenet300")
+    trainer, model = make_trainer(epochs, [pruning, timer]), Classifier("lenet300", **MODEL)
     trainer.fit(model, data)
     return test_accuracy(trainer, model, data), weight_sparsity(model.net), timer.times
 
@@ -127,7 +139,7 @@ def run_model_pruning(data, epochs: int, sparsity: float, end: float):
         "l1_unstructured", amount=cubic_amounts(sparsity, prune_epochs),
         use_global_unstructured=True, verbose=0,
     )  # fmt: skip
-    trainer, model = make_trainer(epochs, [pruning, timer]), Classifier("lenet300")
+    trainer, model = make_trainer(epochs, [pruning, timer]), Classifier("lenet300", **MODEL)
     trainer.fit(model, data)
     return test_accuracy(trainer, model, data), weight_sparsity(model.net), timer.times
 
@@ -162,7 +174,7 @@ def timing_runs(data, preset: dict, rounds: int, batches: int) -> dict[str, list
                     ModelPruning("l1_unstructured", amount=0.5, use_global_unstructured=True)
                 ]
             trainer = make_trainer(4, [*callbacks, timer], limit_train_batches=batches)
-            trainer.fit(Classifier("lenet300"), data)
+            trainer.fit(Classifier("lenet300", **MODEL), data)
             times[method].extend(timer.times[batches:])
     return times
 
@@ -204,8 +216,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95, 0.98, 0.99])
     parser.add_argument(
-        "--preset", default="hybrid_adaptive", help="conf/pruning preset for AdaptivePruning"
-    )
+        "--presets", nargs="+", default=["defaults", "hybrid_adaptive"],
+        help="AdaptivePruning arms: conf/pruning presets, or 'defaults' (the callback's own)",
+    )  # fmt: skip
+    parser.add_argument("--optimizer", default="adam", choices=["adam", "sgd"])
+    parser.add_argument("--lr", type=float, default=None, help="default: 1e-3 Adam, 0.05 SGD")
     parser.add_argument("--subset", type=int, default=None, help="training images (default all)")
     parser.add_argument("--finetune", type=int, default=3, help="one-shot: fine-tune epochs")
     parser.add_argument("--threads", type=int, default=2)
@@ -226,17 +241,20 @@ def main() -> None:
         args.seeds, args.epochs, args.sparsities = [0], 2, [0.9, 0.98]
         args.subset, args.finetune = args.subset or 3000, 1
     torch.set_num_threads(args.threads)
-    preset = OmegaConf.to_container(load_preset("pruning", args.preset))
-    preset.pop("_target_")
-    if args.quick:
-        preset["frequency"] = 5
+    MODEL.update(
+        optimizer=args.optimizer, lr=args.lr or {"adam": 1e-3, "sgd": 0.05}[args.optimizer]
+    )
+    args.optimizer_text = f"{args.optimizer.upper() if args.optimizer == 'sgd' else 'Adam'} "
+    args.optimizer_text += f"{MODEL['lr']:g}" + (" momentum 0.9" if args.optimizer == "sgd" else "")
+    presets = {name: preset_options(name, args.quick) for name in args.presets}
+    preset = presets[args.presets[0]]  # the one timed
     acc: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     achieved: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     steps: dict[str, list[float]] = defaultdict(list)
-    adaptive = f"AdaptivePruning ({args.preset})"
-    mp_ends = sorted(set(args.mp_ends or [preset["end"], 0.6, 1.0]))
-    METHODS["adaptive"] = adaptive
-    labels = {"adaptive": [adaptive], "oneshot": [METHODS["oneshot"]], "modelpruning": []}
+    arms = {name: f"AdaptivePruning ({name})" for name in args.presets}
+    adaptive = arms[args.presets[0]]
+    mp_ends = sorted(set(args.mp_ends or [0.6, 0.8, 0.9]))
+    labels = {"adaptive": list(arms.values()), "oneshot": [METHODS["oneshot"]], "modelpruning": []}
     for end in mp_ends:
         label = f"ModelPruning (global L1, target at {100 * end:g}% of epochs)"
         labels["modelpruning"].append(label)
@@ -262,13 +280,16 @@ def main() -> None:
         pl.seed_everything(seed, verbose=False)
         record("dense", 0.0, run_dense(data, args.epochs))
         pl.seed_everything(seed, verbose=False)
-        dense_part = Classifier("lenet300")
+        dense_part = Classifier("lenet300", **MODEL)
         if "oneshot" in args.methods:
             make_trainer(args.epochs - args.finetune, []).fit(dense_part, data)
         for sparsity in args.sparsities:
-            if "adaptive" in args.methods:
+            for name, label in arms.items():
+                if "adaptive" not in args.methods:
+                    break
                 pl.seed_everything(seed, verbose=False)
-                record(adaptive, sparsity, run_adaptive(data, args.epochs, sparsity, preset))
+                options = presets[name]
+                record(label, sparsity, run_adaptive(data, args.epochs, sparsity, options))
             for end, label in zip(mp_ends, labels["modelpruning"], strict=True):
                 if "modelpruning" not in args.methods:
                     break
@@ -289,7 +310,7 @@ def write_report(args, acc, achieved, steps, adaptive: str, elapsed: float) -> N
     header = "| method | " + " | ".join(f"{100 * s:g} %" for s in args.sparsities)
     header += " | median step (ms) | step vs dense |"
     lines = [
-        f"Fashion-MNIST, LeNet-300-100, {args.epochs} epochs, Adam 1e-3, batch 128, "
+        f"Fashion-MNIST, LeNet-300-100, {args.epochs} epochs, {args.optimizer_text}, batch 128, "
         f"seeds {args.seeds[: len(acc['dense'][0.0])]}, train subset {args.subset or 'all'}; "
         "test accuracy % median "
         f"[min-max] over seeds (columns: target sparsity of the prunable weights).",
@@ -306,7 +327,10 @@ def write_report(args, acc, achieved, steps, adaptive: str, elapsed: float) -> N
         step = statistics.median(steps[method])
         cells = " | ".join(cell(acc[method][s]) for s in args.sparsities)
         lines.append(f"| {method} | {cells} | {1000 * step:.2f} | {step / dense_step:.2f}x |")
-    lines += ["", verdict(args, acc, adaptive), ""]
+    for label in args.labels:
+        if label.startswith("AdaptivePruning"):
+            lines += ["", f"{label}: " + verdict(args, acc, label)]
+    lines.append("")
     reached = {
         m: {s: statistics.median(v) for s, v in d.items()}
         for m, d in achieved.items()
