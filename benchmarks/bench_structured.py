@@ -6,7 +6,7 @@ and reports test accuracy, parameters, MACs, on-disk size and CPU latency (torch
 onnxruntime, batch 1 and 256; medians over repeats, then over seeds).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_structured.py --quick
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_structured.py --epochs 3 --subset 20000 \
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_structured.py --epochs 3 --subset 0 \
         --seeds 0 1 2
 """
 
@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--network", default="lenet5", choices=["lenet5", "vgg_small"])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--subset", type=int, default=20000, help="training images")
+    parser.add_argument("--subset", type=int, default=0, help="training images (0: all 55k)")
     parser.add_argument("--test-subset", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--target-sparsity", type=float, default=0.7)
@@ -71,7 +71,7 @@ def train(args: argparse.Namespace, seed: int, prune: bool) -> tuple[Classifier,
     pl.seed_everything(seed, workers=True)
     data = FashionMNISTDataModule(
         batch_size=args.batch_size,
-        subset=args.subset,
+        subset=args.subset or None,
         val_subset=2000,
         test_subset=args.test_subset,
         seed=seed,
@@ -79,13 +79,13 @@ def train(args: argparse.Namespace, seed: int, prune: bool) -> tuple[Classifier,
     model = Classifier(network=args.network)
     callbacks = []
     if prune:
-        total_steps = args.epochs * math.ceil(args.subset / args.batch_size)
+        total_steps = args.epochs * math.ceil((args.subset or 55000) / args.batch_size)
         callbacks.append(
             AdaptivePruning(
                 target_sparsity=args.target_sparsity,
                 granularity="structured",
                 allocation=args.allocation,
-                frequency=max(1, min(50, total_steps // 10)),
+                frequency=max(1, min(25, total_steps // 10)),  # the default, or 10 per run
                 verbose=False,
             )
         )

@@ -26,6 +26,7 @@ from common import results_dir  # noqa: E402  (benchmarks/ is on sys.path)
 # recipe name -> AdaptivePruning arguments that differ from the callback's defaults
 RECIPES: dict[str, dict] = {
     "defaults": {},
+    "old_defaults": {"criterion": "magnitude", "start": 0.0, "end": 0.7, "frequency": 50},
     "hybrid_adaptive": {
         "criterion": "hybrid", "start": 0.1, "end": 0.9, "frequency": 25,
     },
