@@ -71,7 +71,7 @@ def open_study(storage: str, study_name: str | None) -> optuna.Study:
     `storage`: sqlite:///..., journal:///... (or a path ending in .journal), postgresql://...
     """
     try:
-        return load_study(storage, study_name)
+        return load_study(storage, study_name, create_storage=False)
     except StudyNotFoundError as err:
         raise SelectionError(str(err)) from None
 

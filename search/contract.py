@@ -201,18 +201,17 @@ class StudyNotFoundError(KeyError):
 
 
 def load_study(
-    storage: str,
-    study_name: str | None = None,
-    *,
-    sampler: optuna.samplers.BaseSampler | None = None,
-    pruner: optuna.pruners.BasePruner | None = None,
+    storage: str, study_name: str | None = None, *, create_storage: bool = True
 ) -> optuna.Study:
-    """Open an existing study, never creating a storage file or a study.
+    """Open an existing study (never create one); `study_name=None` takes the storage's only
+    study. Raises StudyNotFoundError (a KeyError) naming the studies there.
 
-    `study_name=None` takes the storage's only study. Raises StudyNotFoundError (a KeyError).
+    A missing local storage file is created empty, as Optuna does, unless `create_storage` is
+    False (then it is an error). Creating it lets a reader poll for a study that a search is
+    about to create without racing that search for the new database's schema.
     """
     location = parse_storage(storage)
-    if location.path is not None and not location.path.exists():
+    if not create_storage and location.path is not None and not location.path.exists():
         raise StudyNotFoundError(
             f"no Optuna storage at {storage} (run `lightning-prune search` first)"
         )
@@ -224,7 +223,7 @@ def load_study(
         study_name = names[0]
     if study_name not in names:
         raise StudyNotFoundError(f"no study {study_name!r} in {storage}; studies there: {names}")
-    return optuna.load_study(study_name=study_name, storage=opened, sampler=sampler, pruner=pruner)
+    return optuna.load_study(study_name=study_name, storage=opened)
 
 
 # --- which trials count, are feasible, and win -------------------------------------------
