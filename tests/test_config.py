@@ -1,6 +1,7 @@
 import pytest
+from omegaconf import OmegaConf
 
-from lightning_prune.config import ConfigError, config_groups, load_config
+from lightning_prune.config import ConfigError, config_groups, load_config, load_preset
 
 
 def test_default_config_composes():
@@ -31,3 +32,9 @@ def test_overrides_apply():
 def test_bad_overrides_name_the_key(override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_config([override])
+
+
+@pytest.mark.parametrize("name", config_groups()["pruning"])
+def test_a_preset_read_alone_is_the_preset_in_a_run(name):
+    alone = OmegaConf.to_container(load_preset("pruning", name))
+    assert alone == OmegaConf.to_container(load_config([f"pruning={name}"]).pruning)
