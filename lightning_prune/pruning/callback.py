@@ -16,12 +16,15 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities.types import STEP_OUTPUT
+from typing_extensions import override
 
 from lightning_prune.pruning.controller import Controller
 from lightning_prune.pruning.criteria import Importance, build_criterion
 from lightning_prune.pruning.feedback import MetricFeedback
 from lightning_prune.pruning.granularity import build_granularity
-from lightning_prune.pruning.masks import MaskStore, reset_optimizer_state
+from lightning_prune.pruning.mask_updates import MaskUpdates
+from lightning_prune.pruning.masks import MaskStore
 from lightning_prune.pruning.options import check_options, check_patterns
 from lightning_prune.pruning.persistence import PruningState
 from lightning_prune.pruning.regrowth import RegrowthMode, Shadows
@@ -41,11 +44,8 @@ from lightning_prune.pruning.trainer_support import (
 )
 from lightning_prune.pruning.updater import MaskUpdater
 
-# Adam's beta2 = 0.999 decays an inert second moment to subnormal floats in about 87k steps.
-INERT_REFRESH_STEPS = 10_000
 
-
-class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
+class AdaptivePruning(MaskUpdates, MetricFeedback, PruningReport, PruningState, pl.Callback):
     """Prune the weights of a model during training, adapting to the validation metric.
 
     Covers Linear, Conv1d/2d/3d, ConvTranspose*, MultiheadAttention, RNN/LSTM/GRU and, opt-in,
@@ -209,12 +209,14 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
 
     # ---- setup and state -------------------------------------------------------------------
 
+    @override
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """A new model starts a new run; its weights are selected once it is fully built."""
         if self._module is not None and self._module is not pl_module:
             self._new_run()
         self._module = pl_module
 
+    @override
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._select(trainer)
 
@@ -241,6 +243,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
 
     # ---- training hooks --------------------------------------------------------------------
 
+    @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """Place the ramp (after any batch-size or learning-rate finder changed the run)."""
         self._select(trainer)
@@ -273,7 +276,10 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
             # every covered module, matched or not: the output layer may be left out
             self._trace = ForwardTrace(select_params(self._module, ("*",), (), embeddings=True))
 
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+    @override
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._batch_open = True
         if self._trace is not None:
             self._trace.samples += batch_size(batch)
@@ -291,6 +297,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
         if self.granularity.needs_output_layer:
             self.granularity.check(list(self.store.params.values()))
 
+    @override
     def on_before_optimizer_step(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
@@ -304,81 +311,21 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
             self._clock += 1
         self.store.mask_grads()
 
-    def _ramp_step(self, trainer: pl.Trainer, optimizer: torch.optim.Optimizer, step: int) -> None:
-        """Statistics, shadow weights, the ramp's clock and (when due) a mask update."""
-        # gradient statistics are running means with a short memory: gather them only
-        # in the `stats_window` steps before each mask update
-        after_ramp = self.controller is not None
-        shadows_active = self._shadows_active(step)
-        if self.schedule.before_update(step, self.frequency, self.stats_window, after_ramp):
-            weights = (
-                self.shadows.effective(self.store.params, self.store.pruned_float)
-                if shadows_active
-                else None
-            )
-            self.stats.observe_grads(self.store.param_list, weights)
-        if shadows_active:
-            group = optimizer.param_groups[0]
-            adaptive = "betas" in group  # Adam-family: steps of about lr whatever the grad
-            self.shadows.step(
-                self.store.params, self.store.pruned_float, float(group["lr"]), adaptive
-            )
-        if self.controller is not None and self.controller.reference is not None:
-            self._hold_until = -1
-        if self.schedule.start_step <= step < self._hold_until and not self.schedule.started:
-            self.schedule.delay_start(step + 1)
-        paused = self.controller is not None and self.controller.paused
-        self.schedule.tick(step, paused)
-        if self._force_update or self.schedule.update_due(
-            step, self.frequency, self.applied_goal, self.regrowth.swaps
-        ):
-            self._update_masks(trainer, step)
-        elif self.applied_goal > 0 and (
-            step % INERT_REFRESH_STEPS == 0 or step == self._refresh_at
-        ):  # state the optimizer created after the last update, or decayed second moments
-            reset_optimizer_state(trainer.optimizers, self.store.params, self.store.masks)
-
-    def _shadows_active(self, step: int) -> bool:
-        """DNS shadows train only while they can still be spliced back: once something is
-        pruned, and after the ramp only if the controller may back off (regrow from them)."""
-        if self.shadows is None or self.applied_goal <= 0:
-            return False
-        return step < self.schedule.end_step or self.controller is not None
-
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+    @override
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: STEP_OUTPUT,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         if self.store is not None and self._rezero_each_step:
             self.store.apply_to_weights()
         if self._queued:  # the controller's last decision (`log` is allowed here)
             self._log(pl_module, {}, now=True)
 
-    @torch.no_grad()
-    def _update_masks(self, trainer: pl.Trainer, step: int) -> None:
-        assert self.store is not None
-        self._force_update = False
-        goal = self.schedule.goal()
-        new = self.updater.update(
-            self.store, self.stats, self.shadows, goal, step, self.schedule.end_step
-        )
-        if trainer.world_size > 1:  # identical masks on every rank: rank 0 decides
-            new = trainer.strategy.broadcast({n: m.cpu() for n, m in new.items()}, src=0)
-        changed = {}
-        for name, p in self.store.params.items():
-            old, mask = self.store.masks[name], new[name].to(self.store.masks[name].device)
-            newly_pruned, regrown = old & ~mask, ~old & mask
-            if self.shadows is not None:
-                self.shadows.remember(name, p.param, newly_pruned)
-                p.param[regrown] = self.shadows.values[name][regrown]
-            else:
-                p.param[regrown] = 0.0
-            changed[name] = newly_pruned | regrown
-        self.store.set_masks(new)
-        self.store.apply_to_weights()
-        optimizers, params, masks = trainer.optimizers, self.store.params, self.store.masks
-        if not reset_optimizer_state(optimizers, params, masks, changed):
-            self._refresh_at = step + 1  # the optimizer creates its state at this step
-        self.applied_goal = goal
-        self._log(trainer.lightning_module, self._metrics(), now=True)
-
+    @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.stats.detach()
         if self.controller is not None and not self._seen_validation:
@@ -399,6 +346,7 @@ class AdaptivePruning(MetricFeedback, PruningReport, PruningState, pl.Callback):
             shapes = {n: tuple(p.param.shape) for n, p in self.store.params.items()}
             render_summary(self.summary(), shapes)
 
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._trace is not None:
             self._trace.remove()

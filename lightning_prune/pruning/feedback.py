@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_warn
+from typing_extensions import override
 
 from lightning_prune.pruning.controller import EVENT_CODES, Decision
 
 
-class MetricFeedback:
+class MetricFeedback(pl.Callback):
     """Mixin of AdaptivePruning: `on_validation_end` and what a decision does to the ramp."""
 
+    @override
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.controller is None or trainer.sanity_checking or self.store is None:
             return

@@ -5,10 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytorch_lightning as pl
+from typing_extensions import override
 
-class PruningState:
+
+class PruningState(pl.Callback):
     """Mixin of AdaptivePruning: Lightning's `state_dict` / `load_state_dict` for callbacks."""
 
+    @override
     def state_dict(self) -> dict[str, Any]:
         """Masks, shadows, running statistics, schedule and controller (weights_only-safe)."""
         if self.store is None:
@@ -25,6 +29,7 @@ class PruningState:
             "last_validation_clock": self._last_validation_clock,
         }
 
+    @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if not state_dict:
             return

@@ -14,7 +14,7 @@ from lightning_prune.pruning.trainer_support import read_handoff
 HEADLINE = ("pruning/sparsity", "pruning/target", "pruning/event")
 
 
-class PruningReport:
+class PruningReport(pl.Callback):
     """Mixin of AdaptivePruning: what a user or a logger reads about the pruning."""
 
     def _metrics(self) -> dict[str, float]:
