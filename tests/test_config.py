@@ -1,7 +1,10 @@
+import inspect
+
 import pytest
 from omegaconf import OmegaConf
 
 from lightning_prune.config import ConfigError, config_groups, load_config, load_preset
+from lightning_prune.pruning import AdaptivePruning
 
 
 def test_default_config_composes():
@@ -32,6 +35,15 @@ def test_overrides_apply():
 def test_bad_overrides_name_the_key(override, named):
     with pytest.raises(ConfigError, match=named.replace(".", r"\.")):
         load_config([override])
+
+
+def test_pruning_base_preset_is_the_callback_defaults():
+    signature = inspect.signature(AdaptivePruning).parameters.items()
+    defaults = {n: list(p.default) if isinstance(p.default, tuple) else p.default
+                for n, p in signature}  # fmt: skip
+    base = OmegaConf.to_container(load_preset("pruning", "base"))
+    assert base.pop("_target_") == "lightning_prune.pruning.AdaptivePruning"
+    assert base == defaults
 
 
 @pytest.mark.parametrize("name", config_groups()["pruning"])

@@ -8,6 +8,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from lightning_prune.config import load_preset
 from lightning_prune.pruning import AdaptivePruning
 from tests.pruning_helpers import classifier, tiny_data, trainer
 
@@ -29,7 +30,7 @@ def test_none_preset_is_empty():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_preset_instantiates_and_prunes(name):
-    cfg = OmegaConf.load(PRESETS / f"{name}.yaml")
+    cfg = load_preset("pruning", name)
     cfg.frequency, cfg.verbose = 2, False
     pruning = instantiate(cfg)
     assert isinstance(pruning, AdaptivePruning)
