@@ -189,7 +189,8 @@ def main() -> None:
         per_seed = [run_seed(args, seed, Path(tmp)) for seed in args.seeds]
     rows = median_rows(per_seed)
     settings = (
-        f"{args.network}, Fashion-MNIST, {args.epochs} epochs on {args.subset} training images, "
+        f"{args.network}, Fashion-MNIST, {args.epochs} epochs on "
+        f"{args.subset or 'all 55k'} training images, "
         f"Adam 1e-3, batch {args.batch_size}, structured target sparsity {args.target_sparsity} "
         f"({args.allocation} allocation; the callback keeps the output layer whole), "
         f"seeds {args.seeds} (medians), {args.threads} CPU thread(s), latency median of "
