@@ -48,10 +48,6 @@ class PrunableParam:
     owners: tuple[nn.Module, ...] = field(default_factory=tuple)
 
     @property
-    def kind(self) -> str:
-        return type(self.module).__name__
-
-    @property
     def frozen(self) -> bool:
         return not self.param.requires_grad
 

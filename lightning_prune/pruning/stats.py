@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from lightning_prune.pruning.masks import MaskStore
+from lightning_prune.pruning.selection import select_params
+from lightning_prune.pruning.trace import ForwardTrace
 
 
 def layer_sparsity(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
@@ -33,9 +35,6 @@ def nonzero_params(model: nn.Module) -> tuple[int, int]:
 @torch.no_grad()
 def measure_macs(model: nn.Module, example: Any) -> dict[str, int]:
     """Dense MACs per prunable weight (keyed by parameter name) for one example."""
-    from lightning_prune.pruning.selection import select_params
-    from lightning_prune.pruning.trace import ForwardTrace
-
     trace = ForwardTrace(select_params(model, ("*",), ()))
     was_training = model.training
     model.eval()

@@ -56,10 +56,11 @@ def batch_size(batch: Any) -> int:
 
 # Their update of a weight whose gradient and moments are zero is exactly zero (weight decay of a
 # zero weight included): a pruned weight stays 0 without being re-zeroed after every step.
-ZERO_PRESERVING = tuple(
-    getattr(torch.optim, name)
-    for name in ("SGD", "Adam", "AdamW", "Adamax", "NAdam", "RAdam", "RMSprop", "Adagrad")
-) + (torch.optim.Adadelta,)
+_optim = torch.optim
+ZERO_PRESERVING = (
+    _optim.SGD, _optim.Adam, _optim.AdamW, _optim.Adamax, _optim.NAdam, _optim.RAdam,
+    _optim.RMSprop, _optim.Adagrad, _optim.Adadelta,
+)  # fmt: skip
 
 
 def zeros_stay_zero(optimizers: list[torch.optim.Optimizer]) -> bool:
