@@ -40,6 +40,11 @@ def _build(cfg: DictConfig, group: str) -> Any:
         raise ConfigError(f"{group}: {err}") from None
 
 
+def build_model(cfg: DictConfig) -> pl.LightningModule:
+    """The configured model alone (what a search needs to know before any training)."""
+    return _build(cfg, "model")
+
+
 def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, Any]:
     """Seed, then instantiate data, model and (when configured) the pruning callback.
 
