@@ -1,8 +1,9 @@
 """One ensemble file (plain tensors + configs, `torch.load(weights_only=True)`) and MLflow logging.
 
 The file holds each member's state_dict and model config (rebuilt with Hydra, as
-`lightning_prune.checkpoint` does), the ensemble weights and the combine rule, so it
-loads without pickled code. MLflow gets the same file plus an `mlflow.pytorch` model.
+`lightning_prune.checkpoint` does, for allowed `_target_`s only), the ensemble weights and
+the combine rule, so it loads without pickled code. MLflow gets the same file plus an
+`mlflow.pytorch` model.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 from lightning_prune.ensembles.model import WeightedEnsemble
+
+from lightning_prune.targets import check_targets
 
 FORMAT = "lightning_prune.ensemble/1"
 
@@ -79,12 +83,20 @@ def _info(saved: dict[str, Any]) -> dict[str, Any]:
             "model_configs": [m["model_config"] for m in saved["members"]]}  # fmt: skip
 
 
-def load_ensemble(path: str | Path) -> tuple[WeightedEnsemble, dict[str, Any]]:
-    """Rebuild the ensemble from `save_ensemble`'s file; return it with its saved info."""
+def load_ensemble(
+    path: str | Path, *, allow: str | Iterable[str] | None = None
+) -> tuple[WeightedEnsemble, dict[str, Any]]:
+    """Rebuild the ensemble from `save_ensemble`'s file; return it with its saved info.
+
+    Every member's model config is checked before any is built: only the project's own
+    classes and the `allow` patterns (e.g. ["my_pkg.*"]) pass (`lightning_prune.targets`).
+    """
     saved = _read(path)
+    configs = [check_targets(m["model_config"], allow, where=f"ensemble file {path} member {i}")
+               for i, m in enumerate(saved["members"])]  # fmt: skip
     models = []
-    for member in saved["members"]:
-        model = instantiate(member["model_config"])
+    for member, config in zip(saved["members"], configs, strict=True):
+        model = instantiate(config)
         model.load_state_dict(member["state_dict"])
         models.append(model)
     ensemble = WeightedEnsemble(models, saved["weights"], saved["combine"], saved["num_classes"])

@@ -13,7 +13,6 @@ from typing import Any
 
 import optuna
 import pytorch_lightning as pl
-from hydra.utils import instantiate
 from lightning_prune.ensembles.artifact import (
     ensemble_file,
     ensemble_folder,
@@ -35,6 +34,7 @@ from lightning_prune.search.contract import DEFAULT_STORAGE, StudyAttr, tracking
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_prune.config import ConfigError
+from lightning_prune.targets import UntrustedTargetError, allow_targets, safe_instantiate
 
 
 @dataclass
@@ -87,8 +87,11 @@ def _datamodule(cfg: DictConfig, study: optuna.Study) -> pl.LightningDataModule:
     recorded = study.user_attrs.get(StudyAttr.CONFIG, {}).get("data")
     use_study = cfg.ensemble.data_from == "study" and recorded
     data_cfg = recorded if use_study else OmegaConf.to_container(cfg.data, resolve=True)
+    where = f"study {study.study_name!r} config.data" if use_study else "data"
     try:
-        datamodule = instantiate(data_cfg)
+        datamodule = safe_instantiate(data_cfg, allow_targets(cfg), where=where)
+    except UntrustedTargetError:
+        raise
     except Exception as err:
         raise ConfigError(f"data: {err}") from None
     datamodule.prepare_data()
@@ -117,7 +120,7 @@ def run_ensemble(cfg: DictConfig) -> EnsembleResult:
     selection = select_members(
         study, options.k, diversity=options.diversity, val_loader=datamodule.val_dataloader(),
         pool=options.pool or None, diversity_weight=options.diversity_weight,
-        tracking_uri=uri, download_dir=output_dir / "downloads",
+        tracking_uri=uri, download_dir=output_dir / "downloads", allow=allow_targets(cfg),
     )  # fmt: skip
     members = selection.members
     ensemble = fit_ensemble(

@@ -133,11 +133,13 @@ def resolve_checkpoint(trial: FrozenTrial, tracking_uri: str | None, download_di
     return Path(path)
 
 
-def load_member(trial: FrozenTrial, tracking_uri: str | None, download_dir: Path) -> Member:
-    """Load one trial's pruned checkpoint as a Member."""
+def load_member(
+    trial: FrozenTrial, tracking_uri: str | None, download_dir: Path, allow: list[str] | None = None
+) -> Member:
+    """Load one trial's pruned checkpoint as a Member (`allow`: extra `_target_` patterns)."""
     path = resolve_checkpoint(trial, tracking_uri, download_dir)
     try:
-        model, info = load_model(path)
+        model, info = load_model(path, allow=allow)
     except Exception as err:
         raise SelectionError(f"trial {trial.number}: cannot load {path}: {err}") from None
     return Member(
@@ -179,6 +181,7 @@ def select_members(
     diversity_weight: float = 1.0,
     tracking_uri: str | None = None,
     download_dir: str | Path = "runs/ensembles/downloads",
+    allow: list[str] | None = None,
 ) -> Selection:
     """Top-k finished, feasible trials of `study`, loaded from their checkpoints.
 
@@ -190,6 +193,7 @@ def select_members(
         diversity_weight: accuracy traded per unit of mean agreement ("agreement").
         tracking_uri: MLflow store to download checkpoints from when a local file is gone
             (default: the study's `tracking_uri` user attr).
+        allow: `_target_` patterns the checkpoints may build besides the project's own.
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise SelectionError(f"ensemble.k must be a positive integer, got {k!r}")
@@ -214,7 +218,7 @@ def select_members(
     folder = Path(download_dir)
     if diversity == "agreement":
         candidates = ranked[: max(pool or 2 * k, k)]
-        loaded = [load_member(t, uri, folder) for t in candidates]
+        loaded = [load_member(t, uri, folder, allow) for t in candidates]
         return Selection(_by_agreement(loaded, val_loader, k, diversity_weight), notes)
     chosen = _by_recipe(ranked, k) if diversity == "recipe" else ranked[:k]
-    return Selection([load_member(t, uri, folder) for t in chosen], notes)
+    return Selection([load_member(t, uri, folder, allow) for t in chosen], notes)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from lightning_prune.targets import safe_instantiate
 
 
 def save_model(
@@ -39,10 +41,17 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     return _read(path)["state_dict"]
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild the model from its saved config and weights; return it with its info."""
+def load_model(
+    path: str | Path, *, allow: str | Iterable[str] | None = None
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild the model from its saved config and weights; return it with its info.
+
+    The file names the class to build, so only the project's own classes and the
+    `allow` patterns (e.g. ["my_pkg.*"]) are built; anything else raises
+    `UntrustedTargetError` before any of it runs (see `lightning_prune.targets`).
+    """
     saved = _read(path)
-    model = instantiate(saved["model_config"])
+    model = safe_instantiate(saved["model_config"], allow, where=f"checkpoint {path}")
     model.load_state_dict(saved["state_dict"])
     model.eval()
     return model, {**saved["info"], "model_config": saved["model_config"]}

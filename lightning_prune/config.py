@@ -97,4 +97,7 @@ def load_config(overrides: list[str] | None = None, config_name: str = "config")
         hint = f" Config groups and options: {choices}"
         raise ConfigError(f"bad override: {message.rstrip('.')}.{hint}") from None
     _check_types(base, cfg)
+    from lightning_prune.targets import allow_targets  # it builds on ConfigError, defined here
+
+    allow_targets(cfg)  # a bad pattern fails now, not when a file is loaded
     return cfg

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytorch_lightning as pl
 from hydra.errors import InstantiationException
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_prune import tracking
 from lightning_prune.checkpoint import save_model
 from lightning_prune.config import ConfigError
+from lightning_prune.targets import allow_targets, safe_instantiate
 
 
 @dataclass
@@ -32,7 +32,7 @@ class TrainResult:
 
 def _build(cfg: DictConfig, group: str) -> Any:
     try:
-        return instantiate(cfg[group])
+        return safe_instantiate(cfg[group], allow_targets(cfg), where="")
     except InstantiationException as err:
         cause = err.__cause__ or err
         raise ConfigError(f"{group}: {cause}") from None

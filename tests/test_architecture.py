@@ -24,7 +24,7 @@ CORE_MUST_NOT_LOAD = (
     "lightning_prune.report",
     "lightning_prune.cli",
 )
-RUNNER = ("config", "tracking", "train", "checkpoint", "console")  # lightning_prune/<name>.py
+RUNNER = ("config", "tracking", "train", "checkpoint", "console", "targets")  # lightning_prune/*.py
 APP = ("lightning_prune.search", "lightning_prune.ensembles", "lightning_prune.report")
 
 

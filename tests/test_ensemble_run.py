@@ -83,7 +83,8 @@ def test_command_records_a_nested_run_and_a_loadable_mlflow_model(members, in_tm
     study.set_user_attr("config", {"data": GUARDED})  # test split opens only for evaluation
     before = snapshot(study)
     cfg = load_config([f"ensemble.storage={storage}", "ensemble.study_name=s", "ensemble.k=4",
-                       "ensemble.weighting=score", "ensemble.latency_batch=16"])  # fmt: skip
+                       "ensemble.weighting=score", "ensemble.latency_batch=16",
+                       f"allow_targets=[{GUARDED['_target_']}]"])  # fmt: skip
     result = run_ensemble(cfg)
     assert snapshot(study) == before
     assert result.notes and "asked for k=4" in result.notes[0]
