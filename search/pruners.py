@@ -18,7 +18,7 @@ from lightning_prune.search.contract import CurvePoint, TrialAttr
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-PRUNERS = ("matched", "median", "halving", "hyperband", "none")
+PRUNERS = ("matched", "bound", "median", "halving", "hyperband", "none")
 
 
 def sparsity_at(trial: FrozenTrial, step: int) -> float:
@@ -121,6 +121,10 @@ def build_pruner(kind: str, n_startup_trials: int, n_warmup_steps: int):
     """The pruner named by `search.pruner.kind` (steps are validations)."""
     if kind == "matched":
         return SparsityMatchedPruner(n_startup_trials, n_warmup_steps)
+    if kind == "bound":
+        from lightning_prune.search.bound_pruner import CannotWinPruner
+
+        return CannotWinPruner(n_startup_trials, n_warmup_steps)
     if kind == "median":
         return optuna.pruners.MedianPruner(
             n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps
