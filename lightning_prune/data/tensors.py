@@ -21,13 +21,22 @@ class _Batches(Dataset):
 
 
 class _EpochBatches(Sampler[list[int]]):
-    """Batches of indices, reshuffled per epoch from (seed, epoch) so resumed runs match."""
+    """Batches of indices, reshuffled per epoch from (seed, epoch) so resumed runs match.
+
+    It counts the batches it handed out, so a checkpoint taken mid-epoch can resume at the
+    next one; the count is exact because the loader runs in the main process (no workers
+    fetching ahead).
+    """
 
     def __init__(self, size: int, batch_size: int, shuffle: bool, seed: int) -> None:
         self.size, self.batch_size, self.shuffle, self.seed = size, batch_size, shuffle, seed
         self.epoch = 0
+        self.position = 0  # batches of `epoch` handed out so far
+        self._resume_at = 0  # batches the next pass skips (set by `load_state_dict`)
 
     def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self._resume_at = 0
         self.epoch = epoch
 
     def __len__(self) -> int:
@@ -39,9 +48,33 @@ class _EpochBatches(Sampler[list[int]]):
             order = torch.randperm(self.size, generator=generator)
         else:
             order = torch.arange(self.size)
-        yield from (
-            order[i : i + self.batch_size].tolist() for i in range(0, self.size, self.batch_size)
-        )
+        self.position, self._resume_at = self._resume_at, 0
+        for i in range(self.position * self.batch_size, self.size, self.batch_size):
+            self.position += 1
+            yield order[i : i + self.batch_size].tolist()
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """The next pass continues `epoch` after its first `position` batches (none if the
+        epoch was finished: the loop then moves on to the next epoch)."""
+        self.epoch = int(state["epoch"])
+        position = int(state["position"])
+        self._resume_at = position if position < len(self) else 0
+
+
+class _ResumableLoader(DataLoader):
+    """A DataLoader Lightning saves in step checkpoints and resumes mid-epoch (it looks for
+    `state_dict` / `load_state_dict` on the loader itself, not on its sampler)."""
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.sampler  # Lightning may have replaced ours (a distributed sampler)
+        return sampler.state_dict() if isinstance(sampler, _EpochBatches) else {}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if state and isinstance(self.sampler, _EpochBatches):
+            self.sampler.load_state_dict(state)
 
 
 def check_positive(name: str, value: int | None, allow_none: bool = True) -> None:
@@ -72,7 +105,7 @@ class TensorDataModule(pl.LightningDataModule):
     def _loader(self, split: tuple[torch.Tensor, torch.Tensor], shuffle: bool) -> DataLoader:
         dataset = _Batches(*split)
         sampler = _EpochBatches(len(dataset), self.batch_size, shuffle, self.seed)
-        return DataLoader(dataset, sampler=sampler, batch_size=None)
+        return _ResumableLoader(dataset, sampler=sampler, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train, shuffle=True)

@@ -252,6 +252,13 @@ class AdaptivePruning(MaskUpdates, MetricFeedback, PruningReport, PruningState, 
             self.schedule.bind(remaining, self.target)
             self._clock = 0
             self._ramp_placed = True
+            # the controller's reference should come from the dense model: when pruning would
+            # start before the first validation, it waits for it (keeping a quarter of the ramp
+            # at least); a resumed run keeps the wait it saved (see `persistence`)
+            self._hold_until = -1
+            if self.controller is not None and trainer.enable_validation and not self.applied_goal:
+                start, end = self.schedule.start_step, self.schedule.end_step
+                self._hold_until = end - max(1, (end - start) // 4)
             if trainer.global_step > 0 and remaining < 2 * self.frequency:
                 rank_zero_warn(
                     f"AdaptivePruning: only {remaining} optimizer steps remain in this resumed "
@@ -266,12 +273,6 @@ class AdaptivePruning(MaskUpdates, MetricFeedback, PruningReport, PruningState, 
         self.store.apply_to_weights()
         self._rezero_each_step = not zeros_stay_zero(trainer.optimizers)
         self._log(pl_module, self._metrics(), now=False)  # monitors find them from the start
-        # the controller's reference should come from the dense model: when pruning would start
-        # before the first validation, it waits for it (keeping a quarter of the ramp at least)
-        self._hold_until = -1
-        if self.controller is not None and trainer.enable_validation and not self.applied_goal:
-            start, end = self.schedule.start_step, self.schedule.end_step
-            self._hold_until = end - max(1, (end - start) // 4)
         if not self._roles_known and self._trace is None:
             # every covered module, matched or not: the output layer may be left out
             self._trace = ForwardTrace(select_params(self._module, ("*",), (), embeddings=True))

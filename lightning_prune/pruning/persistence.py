@@ -27,6 +27,13 @@ class PruningState(pl.Callback):
             "applied_goal": self.applied_goal,
             "clock": self._clock,
             "last_validation_clock": self._last_validation_clock,
+            # between two ramp steps: a step checkpoint can fall into the wait for the dense
+            # reference, before an optimizer-state refresh, or after a back-off's validation
+            "hold_until": self._hold_until,
+            "refresh_at": self._refresh_at,
+            "force_update": self._force_update,
+            "seen_validation": self._seen_validation,
+            "queued": dict(self._queued),
         }
 
     @override
@@ -58,6 +65,11 @@ class PruningState(pl.Callback):
         self.applied_goal = float(state_dict.get("applied_goal", 0.0))
         self._clock = int(state_dict.get("clock", 0))
         self._last_validation_clock = int(state_dict.get("last_validation_clock", 0))
+        self._hold_until = int(state_dict.get("hold_until", -1))
+        self._refresh_at = int(state_dict.get("refresh_at", -1))
+        self._force_update = bool(state_dict.get("force_update", False))
+        self._seen_validation = bool(state_dict.get("seen_validation", False))
+        self._queued = {k: float(v) for k, v in state_dict.get("queued", {}).items()}
         # a Tuner's temporary checkpoint is taken before the ramp was placed: place it again
         self._ramp_placed = self.schedule.total_steps > 0
         self._roles_known = self._roles_known and self._ramp_placed
