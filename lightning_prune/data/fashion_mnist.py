@@ -41,8 +41,9 @@ class FashionMNISTDataModule(TensorDataModule):
     """Fashion-MNIST from the standard IDX files.
 
     Args:
-        data_dir: folder with the four IDX .gz files; None looks in $LIGHTNING_PRUNE_DATA,
-            then /usr/share/datasets/fashion-mnist, then downloads.
+        data_dir: folder with the four IDX .gz files, used alone (an error when they are not
+            there); None: $LIGHTNING_PRUNE_DATA alone when set, else
+            /usr/share/datasets/fashion-mnist, else a download into ~/.cache.
         batch_size: batch size of every loader.
         val_size: images held out of the 60k training set for validation (seeded).
         subset: keep only this many training images (quick runs), e.g. 5000.
@@ -77,6 +78,13 @@ class FashionMNISTDataModule(TensorDataModule):
 
     def prepare_data(self) -> None:
         locate(self.data_dir, allow_download=self.download)
+
+    def check_files(self) -> None:
+        """Decode every file now (cached for `setup`), so a corrupt one fails before training
+        rather than after the tracking run was opened."""
+        folder = locate(self.data_dir, allow_download=self.download)
+        for split in ("train", "test"):
+            _load_pair(folder, split)
 
     def setup(self, stage: str | None = None) -> None:
         if self._ready:

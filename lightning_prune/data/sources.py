@@ -1,4 +1,5 @@
-"""Finding the Fashion-MNIST files: a given folder, the Debian package, or a download."""
+"""Finding the Fashion-MNIST files: the folder the user named, else the Debian package or a
+download."""
 
 from __future__ import annotations
 
@@ -27,9 +28,25 @@ def _complete(folder: Path) -> bool:
 
 
 def candidate_dirs(data_dir: str | Path | None) -> list[Path]:
-    """Where to look, in order: the option, the environment variable, the Debian package."""
-    dirs = [Path(d).expanduser() for d in (data_dir, os.environ.get(ENV_VAR)) if d]
-    return [*dirs, SYSTEM_DIR]
+    """Where to look: the folder the user named (the option, else the environment variable)
+    alone, or the Debian package's folder when none was named."""
+    named = data_dir or os.environ.get(ENV_VAR)
+    return [Path(named).expanduser()] if named else [SYSTEM_DIR]
+
+
+def _named_folder_error(folder: Path, data_dir: str | Path | None) -> DataNotFoundError:
+    """A folder the user named lacks the files: say so, rather than read or fetch others."""
+    option = f"data.data_dir={data_dir}" if data_dir else f"${ENV_VAR}={folder}"
+    missing = [name for name in FILES.values() if not (folder / name).is_file()]
+    what = "does not exist" if not folder.exists() else f"lacks {', '.join(missing)}"
+    if folder.exists() and not folder.is_dir():
+        what = "is not a folder"
+    return DataNotFoundError(
+        f"{option}: {folder} {what}. Put the four Fashion-MNIST IDX .gz files "
+        f"({', '.join(FILES.values())}) there, or set data.data_dir=null (and unset {ENV_VAR}) "
+        f"to use /usr/share/datasets/fashion-mnist (`apt-get install dataset-fashion-mnist`) "
+        "or a download."
+    )
 
 
 def download(target: Path, timeout: float = 30.0) -> None:
@@ -45,22 +62,28 @@ def download(target: Path, timeout: float = 30.0) -> None:
 
 
 def locate(data_dir: str | Path | None = None, allow_download: bool = True) -> Path:
-    """Return a folder holding all four files, downloading them when nothing local has them."""
+    """Return a folder holding all four files.
+
+    A folder the user named (`data_dir`, else $LIGHTNING_PRUNE_DATA) is the only place
+    looked at, and nothing is downloaded into it: a typo must not train on other data.
+    Otherwise the Debian package's folder, then a download into ~/.cache.
+    """
     searched = candidate_dirs(data_dir)
-    for folder in searched:
+    if data_dir or os.environ.get(ENV_VAR):
+        if not _complete(searched[0]):
+            raise _named_folder_error(searched[0], data_dir)
+        return searched[0]
+    for folder in (*searched, DEFAULT_CACHE):
         if _complete(folder):
             return folder
-    target = searched[0] if data_dir or os.environ.get(ENV_VAR) else DEFAULT_CACHE
-    if _complete(target):
-        return target
     reason = "downloads are disabled (data.download=false)"
     if allow_download:
         try:
-            download(target)
-            return target
+            download(DEFAULT_CACHE)
+            return DEFAULT_CACHE
         except OSError as err:
             reason = f"the download from {DOWNLOAD_URL} failed: {err}"
-    looked = ", ".join(str(p) for p in dict.fromkeys([*searched, target]))
+    looked = ", ".join(str(p) for p in (*searched, DEFAULT_CACHE))
     raise DataNotFoundError(
         f"Fashion-MNIST not found (looked in {looked}) and {reason}. Get it with "
         f"`apt-get install dataset-fashion-mnist` (Debian), or put the four IDX .gz files "
