@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -41,3 +42,10 @@ def print_train_result(result: Any, uri: str, experiment: str) -> None:
     if result.run_id:
         console.print(f"Recorded: MLflow run {result.run_id} (experiment '{experiment}') at {uri}")
         console.print(f"Model: {result.checkpoint}   Browse runs: lightning-prune ui")
+
+
+def print_error(command: str, message: str) -> None:
+    """`lightning-prune <command>: error: <message>` on stderr, always one line (scripts and
+    people read the first line; a wrapped or multi-line message hides the option it names)."""
+    text = " ".join(str(message).split())
+    print(f"lightning-prune {command}: error: {text}", file=sys.stderr, flush=True)

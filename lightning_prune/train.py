@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_prune import tracking
 from lightning_prune.checkpoint import save_model
 from lightning_prune.config import ConfigError
+from lightning_prune.preflight import check_data, check_folder, check_tracking, check_trainer
 from lightning_prune.targets import allow_targets, safe_instantiate
 
 
@@ -43,6 +44,11 @@ def _build(cfg: DictConfig, group: str) -> Any:
 def build_model(cfg: DictConfig) -> pl.LightningModule:
     """The configured model alone (what a search needs to know before any training)."""
     return _build(cfg, "model")
+
+
+def build_data(cfg: DictConfig) -> pl.LightningDataModule:
+    """The configured data module alone (a search checks its files before the first trial)."""
+    return _build(cfg, "data")
 
 
 def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, Any]:
@@ -107,10 +113,20 @@ def save_result(cfg: DictConfig, result: TrainResult, folder: Path) -> Path:
     return save_model(folder / "model.pt", result.model, cfg.model, info)
 
 
+def preflight(cfg: DictConfig, datamodule: pl.LightningDataModule) -> None:
+    """What a run needs besides valid options: accelerator, writable output, readable data,
+    tracking store. Checked before the run is opened, not after it trained."""
+    check_trainer(cfg.trainer)
+    check_folder(Path(cfg.output_dir) / "models", "output_dir")
+    check_data(datamodule)
+    check_tracking(cfg.tracking.uri)  # last: it creates the folder of a local store
+
+
 def run_train(cfg: DictConfig) -> TrainResult:
     """The `train` command: a fit and test recorded as one MLflow run with its model."""
     uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
     components = build_components(cfg)  # bad input fails before anything is recorded
+    preflight(cfg, components[0])
     run_id = tracking.start_run(uri, experiment, run_name=cfg.run_name, tags={"job": "train"})
     logger = tracking.lightning_logger(uri, experiment, run_id)
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
