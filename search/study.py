@@ -12,11 +12,17 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import optuna
 import torch
 from lightning_prune.search import runs, space
-from lightning_prune.search.contract import StudyAttr, check_storage, counted_trials
+from lightning_prune.search.contract import (
+    StudyAttr,
+    check_storage,
+    counted_trials,
+    parse_storage,
+)
 from lightning_prune.search.dense import ensure_dense_reference
 from lightning_prune.search.objective import DEMANDS, SearchContext
 from lightning_prune.search.progress import StudyProgress
@@ -29,8 +35,21 @@ from lightning_prune.search.study_factory import (
 )
 from lightning_prune.search.worker import install_sigint, torch_threads, work, worker_main
 from omegaconf import DictConfig, OmegaConf
+from optuna.trial import TrialState
 
 from lightning_prune.config import ConfigError
+from lightning_prune.preflight import (
+    PreflightError,
+    check_data,
+    check_database,
+    check_folder,
+    check_name,
+    check_sqlite_file,
+    check_tracking,
+    check_trainer,
+    first_line,
+)
+from lightning_prune.train import build_data
 
 
 def validate(cfg: DictConfig) -> list[space.Param]:
@@ -38,6 +57,7 @@ def validate(cfg: DictConfig) -> list[space.Param]:
     if "search" not in cfg:
         raise ConfigError("no `search` config group; add `- search: default` to the defaults")
     search = cfg.search
+    check_name(search.study_name, "search.study_name")
     params = space.parse_space(cfg)
     check_storage(search.storage, search.workers)
     if not isinstance(search.n_trials, int) or search.n_trials < 1:
@@ -59,6 +79,44 @@ def validate(cfg: DictConfig) -> list[space.Param]:
     make_pruner(search)
     directions(search)
     return params
+
+
+def check_storage_usable(url: str, option: str = "search.storage") -> None:
+    """The study storage opens: a SQLite file is a database, a server answers, the folder of
+    a local file is writable. Creates nothing."""
+    location = parse_storage(url)
+    if location.kind == "rdb":
+        check_database(location.url, option)  # as opened (the driver may be rewritten)
+    elif location.kind == "sqlite" and location.path is not None:
+        check_sqlite_file(location.path, option, url)
+    elif location.kind == "journal":
+        check_folder(location.path.parent, option)
+        if location.path.is_dir():
+            raise PreflightError(f"{option}={url}: {location.path} is a folder, not a file")
+
+
+def preflight(cfg: DictConfig) -> None:
+    """What the trials need besides valid options, checked before the study is opened:
+    storage, output folder, accelerator, readable data, tracking store."""
+    check_storage_usable(cfg.search.storage)
+    check_folder(Path(cfg.output_dir) / "studies" / cfg.search.study_name, "output_dir")
+    check_trainer(cfg.trainer)
+    check_data(build_data(cfg))
+    check_tracking(cfg.tracking.uri)  # last: it creates the folder of a local store
+
+
+def _open_study(cfg: DictConfig) -> optuna.Study:
+    """`open_search_study`, with a storage that fails to open named in one line."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return open_search_study(cfg)
+    except (SQLAlchemyError, OSError, RuntimeError) as err:
+        cause = getattr(err, "orig", None) or err
+        raise PreflightError(
+            f"search.storage={cfg.search.storage}: cannot open study "
+            f"{cfg.search.study_name!r}: {first_line(cause)}"
+        ) from None
 
 
 def _spawn(cfg: DictConfig, parent_run_id: str, index: int, deadline: float | None):
@@ -111,16 +169,29 @@ def _outcome(study: optuna.Study, n_trials: int, deadline: float | None) -> str:
     return "timeout" if deadline is not None and time.time() >= deadline else "incomplete"
 
 
+def _judged(study: optuna.Study, outcome: str) -> str:
+    """`failed` when the study ended (or timed out) without a single COMPLETE trial: a
+    search with nothing to show is not `done`."""
+    if outcome not in ("done", "timeout"):
+        return outcome
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    return outcome if complete else "failed"
+
+
 def run_search(cfg: DictConfig) -> optuna.Study:
     """Run (or resume, or join) the study described by `cfg.search`; return it.
+
+    Its `StudyAttr.LAST_OUTCOME` says how this invocation ended: done, interrupted, timeout,
+    incomplete, or failed (no COMPLETE trial in the whole study).
 
     Single objective: `trial.value` is val_acc; `trial.constraints` hold one value per
     stated demand (feasible when all <= 0), so `study.best_trial` is the best feasible one.
     Pareto: `trial.values` = [val_acc, sparsity] (or [val_acc, latency_ms]).
     """
     params = validate(cfg)
+    preflight(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = open_search_study(cfg)
+    study = _open_study(cfg)
     parent_run_id = runs.start_parent(cfg, study)
     if cfg.search.get("dense_reference", True):
         ensure_dense_reference(cfg, study, parent_run_id)
@@ -145,5 +216,5 @@ def run_search(cfg: DictConfig) -> optuna.Study:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         runs.finish_parent(cfg, study, parent_run_id, interrupted=outcome == "interrupted")
-    study.set_user_attr(StudyAttr.LAST_OUTCOME, outcome)
+    study.set_user_attr(StudyAttr.LAST_OUTCOME, _judged(study, outcome))
     return study
