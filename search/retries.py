@@ -3,7 +3,8 @@
 Database storages with heartbeats do this through Optuna (`fail_stale_trials` after
 `grace_period`, then RetryHeartbeatStaleTrialCallback). A journal file has no heartbeats, so
 every worker also fails and re-queues the RUNNING trials of processes on its own host that no
-longer exist.
+longer exist. Either way the MLflow runs of the failed trials are ended FAILED with the
+reason by the process that failed them (search/run_states.py).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import socket
 import optuna
 from lightning_prune.search.contract import TrialAttr, has_heartbeats, quiet_experimental
 from lightning_prune.search.optuna_private import set_running_trial_attr
+from lightning_prune.search.run_states import end_trial_runs
 from omegaconf import DictConfig
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -61,11 +63,22 @@ def reap_dead_local_trials(study: optuna.Study, max_retry: int) -> int:
     return reaped
 
 
-def fail_stale(study: optuna.Study, search: DictConfig) -> None:
+def fail_stale(study: optuna.Study, search: DictConfig) -> int:
     """Fail and re-queue dead workers' trials: by heartbeat where `search.storage` beats,
-    else by the local dead-process check."""
+    else by the local dead-process check; then end their MLflow runs. Returns how many."""
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return 0
     if has_heartbeats(search.storage, search.heartbeat_interval):
         with quiet_experimental():
             optuna.storages.fail_stale_trials(study)
+        reason = f"no heartbeat for {search.grace_period}s: its worker died or hung"
     else:
         reap_dead_local_trials(study, search.max_retry)
+        reason = "its worker died while running the trial"
+    numbers = {t.number for t in running}
+    ended = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    failed = [t for t in ended if t.number in numbers]
+    if failed:
+        end_trial_runs(study, failed, reason, ended_by=worker_id())
+    return len(failed)

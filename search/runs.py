@@ -3,14 +3,16 @@
 Several worker processes may write to one SQLite tracking store; SQLite answers a busy
 writer with "database is locked", so every write goes through `retry`. (A tracking
 server, `tracking.uri=http://...`, needs no retries and works the same.)
+
+No run is left RUNNING: each is ended by the process that started it, by that process's
+exit hook when it stops on an error, and otherwise by whichever process later notices
+(search/run_states.py).
 """
 
 from __future__ import annotations
 
 import json
-import random
 import time
-from collections.abc import Callable
 from typing import Any
 
 import optuna
@@ -26,26 +28,16 @@ from lightning_prune.search.contract import (
 )
 from lightning_prune.search.locks import store_init_lock
 from lightning_prune.search.optuna_plots import optuna_figures
+from lightning_prune.search.retries import worker_id
+from lightning_prune.search.run_states import Tag, mlflow_status, repair
+from lightning_prune.search.study_lock import study_lock
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_prune import tracking
-
-RETRY_MARKERS = ("locked", "busy", "connection", "timed out", "temporarily")
-
-
-def retry(fn: Callable[..., Any], *args: Any, attempts: int = 12, **kwargs: Any) -> Any:
-    """Call `fn`, retrying with jittered backoff while the store is busy."""
-    for attempt in range(attempts):
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:  # MlflowException wraps sqlalchemy's OperationalError
-            busy = any(marker in str(err).lower() for marker in RETRY_MARKERS)
-            if not busy or attempt == attempts - 1:
-                raise
-            time.sleep(min(5.0, 0.1 * 2**attempt) * (0.5 + random.random()))
-    return None
+from lightning_prune.tracking import retry
 
 
 def _flat(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
@@ -63,35 +55,55 @@ def _log_params(client: MlflowClient, run_id: str, params: dict[str, Any]) -> No
         retry(client.log_batch, run_id, params=items[i : i + 100])
 
 
-def start_parent(cfg: DictConfig, study: optuna.Study) -> str:
-    """The study's parent run: created once, reused when the study resumes."""
+def _adoptable(client: MlflowClient, run_id: str | None) -> bool:
+    """The recorded parent run still exists and is not deleted."""
+    if not run_id:
+        return False
+    try:
+        return retry(client.get_run, run_id).info.lifecycle_stage == "active"
+    except MlflowException:
+        return False
+
+
+def _create_or_adopt(cfg: DictConfig, study: optuna.Study) -> tuple[str, bool]:
+    """(parent run id, created): the recorded parent when there is one, else a new one.
+    Must run under the study lock: the read and the record form one step."""
     uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
-    with store_init_lock(uri):  # processes started together must not both migrate the DB
-        retry(tracking.ensure_experiment, uri, experiment)
     client = MlflowClient(uri)
     recorded = tracking_of(study)
-    run_id = recorded.parent_run_id
-    if run_id and recorded.uri == uri:
-        retry(client.update_run, run_id, status="RUNNING")
-        return run_id
+    if recorded.uri == uri and _adoptable(client, recorded.parent_run_id):
+        retry(client.update_run, recorded.parent_run_id, status="RUNNING")
+        return recorded.parent_run_id, False
     name = cfg.search.study_name
     run_id = retry(
         tracking.start_run,
         uri,
         experiment,
         run_name=f"study:{name}",
-        tags={"job": "search", "study": name},
+        tags={Tag.JOB: "search", Tag.STUDY: name},
     )
-    config = OmegaConf.to_container(cfg, resolve=True)
-    _log_params(client, run_id, _flat("", config, {}))
-    retry(client.log_dict, run_id, config, "config.json")
     record_tracking(study, StudyTracking(uri, experiment, run_id))
-    study.set_user_attr(StudyAttr.CONFIG, json.loads(json.dumps(config, default=str)))
-    time.sleep(0.5)  # workers started together: the last writer's run is the parent
-    winner = tracking_of(study).parent_run_id
-    if winner != run_id:
-        retry(client.delete_run, run_id)
-    return winner
+    return run_id, True
+
+
+def start_parent(cfg: DictConfig, study: optuna.Study) -> str:
+    """The study's parent run: created once, adopted when the study resumes or another
+    machine joins it (exactly one even when searches start together); then the study's
+    leftover RUNNING runs are ended (`run_states.repair`)."""
+    uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
+    with store_init_lock(uri):  # processes started together must not both migrate the DB
+        retry(tracking.ensure_experiment, uri, experiment)
+    with study_lock(cfg.search.storage, study.study_name):
+        run_id, created = _create_or_adopt(cfg, study)
+    tracking.close_at_exit(uri, run_id)
+    if created:
+        client = MlflowClient(uri)
+        config = OmegaConf.to_container(cfg, resolve=True)
+        _log_params(client, run_id, _flat("", config, {}))
+        retry(client.log_dict, run_id, config, "config.json")
+        study.set_user_attr(StudyAttr.CONFIG, json.loads(json.dumps(config, default=str)))
+    repair(study, uri, experiment, run_id, ended_by=worker_id())
+    return run_id
 
 
 class TrialRun:
@@ -106,11 +118,12 @@ class TrialRun:
             run_name=f"trial_{trial.number}",
             parent_run_id=parent_run_id,
             tags={
-                "job": "search-trial",
-                "study": cfg.search.study_name,
-                "trial_number": str(trial.number),
+                Tag.JOB: "search-trial",
+                Tag.STUDY: cfg.search.study_name,
+                Tag.TRIAL_NUMBER: str(trial.number),
             },
         )
+        tracking.close_at_exit(cfg.tracking.uri, self.run_id)
 
     def log_params(self, params: dict[str, Any]) -> None:
         _log_params(self.client, self.run_id, params)
@@ -131,18 +144,20 @@ class TrialRun:
     def finish(
         self, state: str, metrics: dict[str, float], seconds: float, reason: str = ""
     ) -> None:
-        """Final metrics, `trial_state` tag (COMPLETE / PRUNED / FAIL), duration, reason."""
+        """Final metrics, the Optuna state as the `trial_state` tag (COMPLETE / PRUNED / FAIL),
+        duration, reason; the status follows the state (`run_states.mlflow_status`)."""
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
         batch.append(Metric("duration_s", float(seconds), now, 0))
-        retry(self.client.log_batch, self.run_id, metrics=batch)
-        retry(self.client.set_tag, self.run_id, "trial_state", state)
+        tags = [RunTag(Tag.STATE, state)]
         if reason:
-            retry(self.client.set_tag, self.run_id, "fail_reason", reason[:5000])
-        status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED"}.get(state, "FAILED")
-        if "interrupted" in reason:
-            status = "KILLED"
-        retry(self.client.set_terminated, self.run_id, status)
+            tags.append(RunTag(Tag.REASON, reason[:5000]))
+        try:
+            retry(self.client.log_batch, self.run_id, metrics=batch, tags=tags)
+        finally:  # the status first of all: a run must not stay RUNNING
+            status = mlflow_status(state, interrupted="interrupted" in reason)
+            retry(self.client.set_terminated, self.run_id, status)
+            tracking.ended(self.run_id)
 
 
 def _log_plots(client: MlflowClient, run_id: str, study: optuna.Study) -> list[str]:
@@ -158,9 +173,8 @@ def _log_plots(client: MlflowClient, run_id: str, study: optuna.Study) -> list[s
     return list(figures)
 
 
-def finish_parent(cfg: DictConfig, study: optuna.Study, run_id: str, interrupted: bool) -> None:
-    """Best trial, counts and plots on the parent run; KILLED when Ctrl-C stopped it."""
-    client = MlflowClient(cfg.tracking.uri)
+def _summarise(client: MlflowClient, run_id: str, study: optuna.Study) -> None:
+    """Best trial, counts and plots on the parent run."""
     counts = state_counts(study)
     now = int(time.time() * 1000)
     metrics = [Metric(f"trials_{k}", float(v), now, 0) for k, v in counts.items()]
@@ -181,4 +195,16 @@ def finish_parent(cfg: DictConfig, study: optuna.Study, run_id: str, interrupted
         )
     retry(client.log_batch, run_id, metrics=metrics)
     _log_plots(client, run_id, study)
-    retry(client.set_terminated, run_id, "KILLED" if interrupted else "FINISHED")
+
+
+def finish_parent(cfg: DictConfig, study: optuna.Study, run_id: str, interrupted: bool) -> None:
+    """Summarise and end the parent run: KILLED when Ctrl-C stopped the search, FAILED when
+    the summary itself fails (the error still propagates), else FINISHED."""
+    client = MlflowClient(cfg.tracking.uri)
+    status = "FAILED"
+    try:
+        _summarise(client, run_id, study)
+        status = "KILLED" if interrupted else "FINISHED"
+    finally:
+        retry(client.set_terminated, run_id, status)
+        tracking.ended(run_id)
