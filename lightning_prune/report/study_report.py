@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,8 @@ from mlflow import MlflowClient
 from optuna.trial import FrozenTrial, TrialState
 
 from lightning_prune.checkpoint import load_weights
-from lightning_prune.ensembles import ensemble_folder, latest_ensemble_info
+from lightning_prune.ensembles import SelectionError, ensemble_folder, latest_ensemble_info
+from lightning_prune.ensembles.selection import resolve_checkpoint
 from lightning_prune.report import figures
 from lightning_prune.report.tables import fmt, markdown_table
 from lightning_prune.search import (
@@ -36,6 +39,7 @@ class Report:
     markdown: Path
     figures: dict[str, Path] = field(default_factory=dict)
     rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what is missing or came from elsewhere
 
 
 def layer_sparsity_of(checkpoint: str | Path) -> dict[str, float]:
@@ -87,7 +91,27 @@ def _optuna_images(study: optuna.Study, folder: Path) -> dict[str, Path]:
     return images
 
 
-def _images(study, rows, best, dense, ensemble, folder: Path) -> dict[str, Path]:
+def _best_layers(study: optuna.Study, best: FrozenTrial, notes: list[str]) -> dict[str, float]:
+    """Per-layer sparsity of the best trial's model: the local file, else the copy on the
+    tracking server (the trial may have run on another machine), else a note saying why not."""
+    local = best.user_attrs.get(TrialAttr.CHECKPOINT)
+    uri = tracking_of(study).uri
+    with tempfile.TemporaryDirectory(prefix="lp-report-") as scratch:
+        try:
+            path = resolve_checkpoint(best, uri, Path(scratch))
+        except SelectionError as err:
+            notes.append(f"No per-layer sparsity figure: {err}")
+            return {}
+        if local and Path(local).resolve() != path.resolve():
+            run_id = best.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
+            notes.append(
+                f"Per-layer sparsity of trial #{best.number} read from MLflow run {run_id} at "
+                f"{uri} (no local file {local})"
+            )
+        return layer_sparsity_of(path)
+
+
+def _images(study, rows, best, dense, ensemble, folder: Path, notes) -> dict[str, Path]:
     images: dict[str, Path] = {}
     done = [r for r in rows if r["state"] == "COMPLETE" and r["sparsity"] is not None]
     points = [{"sparsity": r["sparsity"], "acc": r["value"], "feasible": r["feasible"]}
@@ -96,12 +120,13 @@ def _images(study, rows, best, dense, ensemble, folder: Path) -> dict[str, Path]
         images["accuracy_vs_sparsity"] = figures.accuracy_vs_sparsity(
             points, dense.get("val_acc") if dense else None, folder / "accuracy_vs_sparsity.png"
         )
-    checkpoint = best.user_attrs.get(TrialAttr.CHECKPOINT) if best else None
-    if checkpoint and Path(checkpoint).is_file():
-        images["layer_sparsity"] = figures.layer_sparsity(
-            layer_sparsity_of(checkpoint), folder / "layer_sparsity.png",
-            f"Per-layer sparsity of the best trial (#{best.number})",
-        )  # fmt: skip
+    if best is not None:
+        layers = _best_layers(study, best, notes)
+        if layers:
+            images["layer_sparsity"] = figures.layer_sparsity(
+                layers, folder / "layer_sparsity.png",
+                f"Per-layer sparsity of the best trial (#{best.number})",
+            )  # fmt: skip
     if rows:
         images.update(_optuna_images(study, folder))
     if ensemble:
@@ -109,7 +134,7 @@ def _images(study, rows, best, dense, ensemble, folder: Path) -> dict[str, Path]
     return images
 
 
-def _markdown(study, ranked, dense, ensemble, images, top_k: int) -> str:
+def _markdown(study, ranked, dense, ensemble, images, top_k: int, notes) -> str:
     counts = state_counts(study)
     lines = [
         f"# Study `{study.study_name}`",
@@ -129,6 +154,8 @@ def _markdown(study, ranked, dense, ensemble, images, top_k: int) -> str:
         lines += [f"| {r['name']} | {r['test_acc']:.4f} | {r['nonzero']:,} |" for r in ensemble]
     lines += ["", "## Figures", ""]
     lines += [f"![{name}]({path.name})" for name, path in images.items()]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -145,10 +172,12 @@ def build_report(
     rows = _trial_rows(study)
     ranked = ranked_trials(study)
     dense = study.user_attrs.get(StudyAttr.DENSE_REFERENCE)
-    images = _images(study, rows, ranked[0] if ranked else None, dense, ensemble, folder)
+    notes: list[str] = []
+    best = ranked[0] if ranked else None
+    images = _images(study, rows, best, dense, ensemble, folder, notes)
     markdown = folder / "report.md"
-    markdown.write_text(_markdown(study, ranked, dense, ensemble, images, top_k))
-    report = Report(folder=folder, markdown=markdown, figures=images, rows=rows)
+    markdown.write_text(_markdown(study, ranked, dense, ensemble, images, top_k, notes))
+    report = Report(folder=folder, markdown=markdown, figures=images, rows=rows, notes=notes)
     if log_to_mlflow:
         _log(study, report)
     return report
@@ -188,4 +217,7 @@ def run_report(cfg, study: optuna.Study | None = None) -> Report:
         ensemble.append({"name": "dense model", "kind": "dense", "test_acc": dense["test_acc"],
                          "nonzero": int(dense["params"])})  # fmt: skip
     folder = Path(cfg.output_dir) / "reports" / study.study_name
-    return build_report(study, folder, ensemble=ensemble, top_k=int(cfg.search.top_k))
+    report = build_report(study, folder, ensemble=ensemble, top_k=int(cfg.search.top_k))
+    for note in report.notes:
+        print(f"lightning-prune report: note: {note}", file=sys.stderr)
+    return report
