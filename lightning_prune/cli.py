@@ -4,16 +4,33 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import pickle
+import signal
+import socket
 import subprocess
 import sys
+import time
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_prune.config import ConfigError, config_groups, load_config
+from lightning_prune.console import print_error
+from lightning_prune.preflight import (
+    PreflightError,
+    check_folder,
+    check_name,
+    check_tracking,
+    first_line,
+)
 
-USAGE_ERROR = 2  # bad input: nothing ran
+FAILURE = 1  # it ran and failed (or ended without a result)
+USAGE_ERROR = 2  # bad input, or something an option names is unusable: nothing ran
+INTERRUPTED = 130  # Ctrl-C
+DEBUG_ENV = "LIGHTNING_PRUNE_DEBUG"  # =1: unexpected errors keep their traceback
 
 
 def _train(cfg: DictConfig) -> int:
@@ -25,17 +42,65 @@ def _train(cfg: DictConfig) -> int:
     return 0
 
 
+def _check_ensemble(cfg: DictConfig) -> None:
+    """Names, storage, output folder and the study's tracking store, before any member loads."""
+    from lightning_prune.ensembles import ensemble_folder
+    from lightning_prune.ensembles.run import study_location
+    from lightning_prune.search import StudyNotFoundError, load_study, tracking_of
+    from lightning_prune.search.study import check_storage_usable
+
+    storage, name = study_location(cfg)
+    prefix = "ensemble" if cfg.ensemble.study_name else "search"
+    if name is not None:
+        check_name(name, f"{prefix}.study_name")
+    check_storage_usable(storage, "ensemble.storage" if cfg.ensemble.storage else "search.storage")
+    output = cfg.ensemble.output
+    if output and Path(output).is_dir():
+        raise PreflightError(f"ensemble.output={output} is a folder; name a file (e.g. ens.pt)")
+    folder = Path(output).parent if output else ensemble_folder(cfg.output_dir)
+    check_folder(folder, "ensemble.output" if output else "output_dir")
+    try:
+        study = load_study(storage, name, create_storage=False)
+    except StudyNotFoundError:
+        return  # the command itself names the studies there
+    if not output:
+        check_name(study.study_name, "the study's name (set ensemble.output=<file> instead)")
+    if cfg.ensemble.log_mlflow:
+        check_tracking(tracking_of(study).uri or cfg.tracking.uri)
+
+
 def _ensemble(cfg: DictConfig) -> int:
     from lightning_prune.ensembles import OutputSizeError, SelectionError
     from lightning_prune.ensembles.run import print_ensemble_result, run_ensemble
 
+    _check_ensemble(cfg)
     try:
         result = run_ensemble(cfg)
     except (SelectionError, OutputSizeError) as err:
-        print(f"lightning-prune ensemble: error: {err}", file=sys.stderr)
+        print_error("ensemble", str(err))
         return USAGE_ERROR
     print_ensemble_result(result)
     return 0
+
+
+def _no_complete_trial(study) -> str:
+    """Why a search ended without a result: the state counts and the latest failure."""
+    from optuna.trial import TrialState
+
+    from lightning_prune.search import TrialAttr, state_counts
+
+    counts = state_counts(study)
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    reasons = [t for t in failed if t.user_attrs.get(TrialAttr.FAIL_REASON)]
+    last = ""
+    if reasons:
+        trial = reasons[-1]
+        last = f"; last failure (trial {trial.number}): "
+        last += first_line(trial.user_attrs[TrialAttr.FAIL_REASON])
+    return (
+        f"no trial of study {study.study_name!r} completed ({counts['complete']} complete, "
+        f"{counts['pruned']} pruned, {counts['fail']} failed){last}"
+    )
 
 
 def _search(cfg: DictConfig) -> int:
@@ -47,25 +112,59 @@ def _search(cfg: DictConfig) -> int:
     outcome = study.user_attrs.get(StudyAttr.LAST_OUTCOME)
     if outcome == "interrupted":
         print("Interrupted: run the same command again to resume the study.", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     if outcome == "incomplete":
         print("Workers stopped before search.n_trials were done (see the failed trials); "
               "run the same command again to continue.", file=sys.stderr)  # fmt: skip
-        return 1
+        return FAILURE
+    if outcome == "failed":
+        print_error("search", _no_complete_trial(study))
+        return FAILURE
     return 0
+
+
+def _newest_ensemble(cfg: DictConfig, study_name: str) -> Path | None:
+    from lightning_prune.ensembles import ensemble_file, ensemble_folder
+
+    pattern = ensemble_file("", study_name, "*").name
+    files = sorted(ensemble_folder(cfg.output_dir).glob(pattern), key=lambda p: p.stat().st_mtime)
+    return files[-1] if files else None
+
+
+def _check_report(cfg: DictConfig, study) -> None:
+    """The report's folder, the study's tracking store and the ensemble file it reads."""
+    from lightning_prune.ensembles import load_ensemble_info
+    from lightning_prune.search import tracking_of
+
+    check_folder(Path(cfg.output_dir) / "reports" / study.study_name, "output_dir")
+    uri = tracking_of(study).uri
+    if uri:
+        check_tracking(uri, "the study's tracking URI")
+    newest = _newest_ensemble(cfg, study.study_name)
+    if newest is None:
+        return
+    try:
+        load_ensemble_info(newest)
+    except (OSError, EOFError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as err:
+        raise PreflightError(
+            f"ensemble file {newest} cannot be read ({type(err).__name__}: {first_line(err)}); "
+            "delete it or run `lightning-prune ensemble` again"
+        ) from None
 
 
 def _report(cfg: DictConfig) -> int:
     from lightning_prune.report import print_report, run_report
     from lightning_prune.search import StudyNotFoundError, load_study
+    from lightning_prune.search.study import check_storage_usable
 
+    check_name(cfg.search.study_name, "search.study_name")
+    check_storage_usable(cfg.search.storage)
     try:
-        study = load_study(cfg.search.storage, cfg.search.study_name)
-    except StudyNotFoundError:
-        where = f"{cfg.search.study_name!r} in {cfg.search.storage}"
-        print(f"lightning-prune report: error: no study {where} (set search.study_name "
-              "and search.storage)", file=sys.stderr)  # fmt: skip
+        study = load_study(cfg.search.storage, cfg.search.study_name, create_storage=False)
+    except StudyNotFoundError as err:
+        print_error("report", f"{err}; check search.storage and search.study_name")
         return USAGE_ERROR
+    _check_report(cfg, study)
     print_report(study, top_k=int(cfg.search.top_k))
     report = run_report(cfg, study)
     print(
@@ -75,14 +174,93 @@ def _report(cfg: DictConfig) -> int:
     return 0
 
 
-def _ui(cfg: DictConfig, port: int) -> int:
-    from lightning_prune.tracking import prepare_store
+def _check_port(port: int) -> None:
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must be an integer in 1-65535, got {port}")
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as err:
+            raise PreflightError(
+                f"--port {port}: cannot listen on 127.0.0.1:{port} ({err.strerror or err}); "
+                "pick another port with --port"
+            ) from None
 
-    prepare_store(cfg.tracking.uri)
+
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the group still runs (zombies awaiting their reaper do not)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _stop_group(pgid: int) -> None:
+    """SIGTERM to the whole group, SIGKILL what is left after a grace period."""
+    for sig, grace_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            if not _group_alive(pgid):
+                return
+            time.sleep(0.1)
+
+
+class _Terminated(Exception):
+    """SIGTERM reached the CLI while it waited for the server."""
+
+
+def _serve(command: list[str]) -> int:
+    """Run a server in its own process group and stop the whole group on Ctrl-C or SIGTERM
+    (`mlflow ui` starts worker processes that outlive a signal sent to it alone)."""
+
+    def on_term(_signum, _frame):
+        raise _Terminated
+
+    server = subprocess.Popen(command, start_new_session=True)
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        code = server.wait()
+    except KeyboardInterrupt:
+        _stop_group(server.pid)
+        server.wait()
+        return INTERRUPTED
+    except _Terminated:
+        _stop_group(server.pid)
+        server.wait()
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    _stop_group(server.pid)  # workers left behind by a server that exited
+    if code != 0:
+        print_error("ui", f"the MLflow UI server exited with code {code} (see its output above)")
+        return FAILURE
+    return 0
+
+
+def _ui(cfg: DictConfig, port: int) -> int:
+    _check_port(port)
+    check_tracking(cfg.tracking.uri)
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", cfg.tracking.uri,
                "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     print(f"MLflow UI for {cfg.tracking.uri} on http://127.0.0.1:{port} (Ctrl-C to stop)")
-    return subprocess.call(command)
+    sys.stdout.flush()
+    return _serve(command)
 
 
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], int]]] = {
@@ -94,9 +272,16 @@ COMMANDS: dict[str, tuple[str, Callable[[DictConfig], int]]] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its error on one line, like every other error of the CLI."""
+
+    def error(self, message: str):
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
     groups = "\n".join(f"  {g:<10} {', '.join(opts)}" for g, opts in config_groups().items())
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="lightning-prune",
         description="Adaptive pruning for PyTorch Lightning, searched with Optuna, "
         "ensembled, tracked in MLflow.",
@@ -127,24 +312,47 @@ def _quiet_libraries() -> None:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    _quiet_libraries()
-    try:
-        cfg = load_config(args.overrides)
-    except ConfigError as err:
-        print(f"lightning-prune {args.command}: error: {err}", file=sys.stderr)
-        return USAGE_ERROR
+def _known_failures() -> tuple[type[BaseException], ...]:
+    """Runtime failures of files, stores and devices: one line, not a traceback."""
+    from lightning_fabric.utilities.exceptions import MisconfigurationException
+    from mlflow.exceptions import MlflowException
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from lightning_prune.data import DataFileError
+
+    return (OSError, EOFError, pickle.UnpicklingError, SQLAlchemyError, StorageInternalError,
+            MlflowException, MisconfigurationException, DataFileError)  # fmt: skip
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.overrides)
     if args.cfg:
         print(OmegaConf.to_yaml(cfg))
         return 0
     if args.command == "ui":
         return _ui(cfg, args.port)
+    return COMMANDS[args.command][1](cfg)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (0 ok, 1 failed, 2 bad input, 130 Ctrl-C)."""
     try:
-        return COMMANDS[args.command][1](cfg)
+        args = _parser().parse_args(argv)
+    except SystemExit as stop:  # --help, or argparse's one-line error
+        return stop.code if isinstance(stop.code, int) else USAGE_ERROR
+    _quiet_libraries()
+    try:
+        return _run(args)
     except ConfigError as err:
-        print(f"lightning-prune {args.command}: error: {err}", file=sys.stderr)
+        print_error(args.command, str(err))
         return USAGE_ERROR
+    except _known_failures() as err:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print_error(args.command, f"{type(err).__name__}: {first_line(err)} "
+                    f"(set {DEBUG_ENV}=1 for the traceback)")  # fmt: skip
+        return FAILURE
 
 
 if __name__ == "__main__":
