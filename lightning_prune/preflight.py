@@ -68,8 +68,11 @@ def check_folder(path: str | Path, option: str) -> None:
         ) from None
 
 
-def check_sqlite_file(path: str | Path, option: str, shown: str) -> None:
-    """An existing SQLite file must open as a database; its folder must be writable."""
+def check_sqlite_file(
+    path: str | Path, option: str, shown: str, table: str = "", holder: str = ""
+) -> None:
+    """An existing SQLite file must open as a database and, when it has tables, hold `table`
+    (the other tool's database would be migrated into a hybrid); its folder writable."""
     path = Path(path).expanduser()
     check_folder(path.parent, option)
     if not path.exists():
@@ -78,13 +81,19 @@ def check_sqlite_file(path: str | Path, option: str, shown: str) -> None:
         raise PreflightError(f"{option}={shown}: {path} is not a file")
     try:
         with sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True) as conn:
-            conn.execute("PRAGMA schema_version").fetchone()
+            rows = conn.execute("SELECT name FROM sqlite_master WHERE type='table'").fetchall()
         conn.close()
     except sqlite3.Error as err:
         raise PreflightError(
             f"{option}={shown}: {path} is not a readable SQLite database ({first_line(err)}); "
             "move it away or point the option at another file"
         ) from None
+    tables = {name for (name,) in rows}
+    if table and tables and table not in tables:
+        raise PreflightError(
+            f"{option}={shown}: {path} is a SQLite database but not {holder} (no {table!r} "
+            "table); point the option at another file"
+        )
 
 
 def check_database(url: str, option: str) -> None:
@@ -144,7 +153,7 @@ def check_tracking(uri: str, option: str = "tracking.uri") -> None:
             tracking.prepare_store(uri)
         except OSError as err:
             raise PreflightError(f"{option}={uri}: cannot create its folder ({err})") from None
-        check_sqlite_file(path, option, uri)
+        check_sqlite_file(path, option, uri, "experiments", "an MLflow tracking store")
     elif scheme in ("http", "https"):
         _check_server(uri, option)
     elif scheme in SERVER_SCHEMES:

@@ -88,7 +88,7 @@ def check_storage_usable(url: str, option: str = "search.storage") -> None:
     if location.kind == "rdb":
         check_database(location.url, option)  # as opened (the driver may be rewritten)
     elif location.kind == "sqlite" and location.path is not None:
-        check_sqlite_file(location.path, option, url)
+        check_sqlite_file(location.path, option, url, "studies", "an Optuna storage")
     elif location.kind == "journal":
         check_folder(location.path.parent, option)
         if location.path.is_dir():
