@@ -147,7 +147,8 @@ def _check_report(cfg: DictConfig, study) -> None:
         load_ensemble_info(newest)
     except (OSError, EOFError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as err:
         raise PreflightError(
-            f"ensemble file {newest} cannot be read ({type(err).__name__}: {first_line(err)}); "
+            f"ensemble file {newest} cannot be read ({type(err).__name__}: "
+            f"{first_line(err).split('. ')[0]}); "
             "delete it or run `lightning-prune ensemble` again"
         ) from None
 
