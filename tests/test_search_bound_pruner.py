@@ -7,7 +7,7 @@ import math
 
 import optuna
 import pytest
-from lightning_prune.search.bound_pruner import CannotWinPruner
+from lightning_prune.search.bound_pruner import CannotWinPruner, metric_noise
 from lightning_prune.search.pruners import build_pruner
 from optuna.trial import TrialState
 
@@ -29,7 +29,7 @@ def _judge(study: optuna.Study, curve: list[float]) -> bool:
     return stop
 
 
-def _study(n_startup_trials: int = 2, margin: float = 0.0) -> optuna.Study:
+def _study(n_startup_trials: int = 2, margin: float | None = 0.0) -> optuna.Study:
     return optuna.create_study(
         direction="maximize", pruner=CannotWinPruner(n_startup_trials, margin=margin)
     )
@@ -67,9 +67,9 @@ def test_the_value_to_beat_is_the_best_feasible_one():
     _complete(study, [0.80, 0.83])
     trial = study.ask()
     trial.report(0.80, 0)
-    optimistic, to_beat = CannotWinPruner(2).bound(study, study.trials[-1])
-    assert to_beat == pytest.approx(0.83)
-    assert optimistic == pytest.approx(0.80 + 0.04)
+    judged = CannotWinPruner(2, margin=0.0).bound(study, study.trials[-1])
+    assert judged["to_beat"] == pytest.approx(0.83)
+    assert judged["optimistic"] == pytest.approx(0.80 + 0.04)
 
 
 def test_the_margin_keeps_trials_near_the_bound():
@@ -80,6 +80,18 @@ def test_the_margin_keeps_trials_near_the_bound():
     assert _judge(strict, [0.80]) and not _judge(lenient, [0.80])
 
 
+def test_the_automatic_margin_is_the_metrics_own_noise():
+    study = _study(margin=None)  # noise_factor 2
+    _complete(study, [0.70, 0.80, 0.82, 0.81])  # settled half moves by 0.01
+    _complete(study, [0.70, 0.80, 0.85, 0.86])  # by 0.01; late gain from step 0: 0.16
+    assert metric_noise(study.get_trials(states=(TrialState.COMPLETE,))) == pytest.approx(0.01)
+    assert not _judge(study, [0.69])  # 0.69 + 0.16 + 0.02 >= 0.86
+    assert _judge(study, [0.67])  # 0.67 + 0.16 + 0.02 < 0.86
+    stopped = study.trials[-1]
+    reason = CannotWinPruner(2).explain(study, stopped)
+    assert "cannot win" in reason and "noise margin 0.0200" in reason and "0.8600" in reason
+
+
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
 def test_a_non_finite_value_stops_at_once(value):
     assert _judge(_study(n_startup_trials=5), [value])
@@ -88,7 +100,7 @@ def test_a_non_finite_value_stops_at_once(value):
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [({"n_startup_trials": -1}, "n_startup_trials"), ({"n_warmup_steps": -1}, "n_warmup_steps"),
-     ({"margin": -0.1}, "margin")],
+     ({"margin": -0.1}, "margin"), ({"noise_factor": -1}, "noise_factor")],
 )  # fmt: skip
 def test_bad_arguments_name_themselves(kwargs, name):
     with pytest.raises(ValueError, match=name):
