@@ -97,9 +97,10 @@ def _no_complete_trial(study) -> str:
         trial = reasons[-1]
         last = f"; last failure (trial {trial.number}): "
         last += first_line(trial.user_attrs[TrialAttr.FAIL_REASON])
+    what = "every trial this run finished failed" if counts["complete"] else "no trial completed"
     return (
-        f"no trial of study {study.study_name!r} completed ({counts['complete']} complete, "
-        f"{counts['pruned']} pruned, {counts['fail']} failed){last}"
+        f"study {study.study_name!r}: {what} ({counts['complete']} complete, "
+        f"{counts['pruned']} pruned, {counts['fail']} failed in the study){last}"
     )
 
 

@@ -8,6 +8,7 @@ creates a file except the folder of a local MLflow store (as `tracking.prepare_s
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import sqlite3
@@ -96,6 +97,14 @@ def check_sqlite_file(
         )
 
 
+def check_writable_file(path: str | Path, option: str, shown: str) -> None:
+    """An existing file that will be written must not be read-only (root writes anyway)."""
+    path = Path(path).expanduser()
+    if path.is_file() and not os.access(path, os.W_OK):
+        raise PreflightError(f"{option}={shown}: {path} is read-only; make it writable or "
+                             "point the option at another file")  # fmt: skip
+
+
 def check_database(url: str, option: str) -> None:
     """A database server (PostgreSQL, MySQL) answers within a few seconds."""
     from sqlalchemy import create_engine, text
@@ -154,6 +163,7 @@ def check_tracking(uri: str, option: str = "tracking.uri") -> None:
         except OSError as err:
             raise PreflightError(f"{option}={uri}: cannot create its folder ({err})") from None
         check_sqlite_file(path, option, uri, "experiments", "an MLflow tracking store")
+        check_writable_file(path, option, uri)
     elif scheme in ("http", "https"):
         _check_server(uri, option)
     elif scheme in SERVER_SCHEMES:

@@ -19,6 +19,7 @@ import torch
 from lightning_prune.search import runs, space
 from lightning_prune.search.contract import (
     StudyAttr,
+    TrialAttr,
     check_storage,
     counted_trials,
     parse_storage,
@@ -47,6 +48,7 @@ from lightning_prune.preflight import (
     check_sqlite_file,
     check_tracking,
     check_trainer,
+    check_writable_file,
     first_line,
 )
 from lightning_prune.train import build_data
@@ -99,6 +101,9 @@ def preflight(cfg: DictConfig) -> None:
     """What the trials need besides valid options, checked before the study is opened:
     storage, output folder, accelerator, readable data, tracking store."""
     check_storage_usable(cfg.search.storage)
+    stored = parse_storage(cfg.search.storage).path
+    if stored is not None:
+        check_writable_file(stored, "search.storage", cfg.search.storage)
     check_folder(Path(cfg.output_dir) / "studies" / cfg.search.study_name, "output_dir")
     check_trainer(cfg.trainer)
     check_data(build_data(cfg))
@@ -169,20 +174,26 @@ def _outcome(study: optuna.Study, n_trials: int, deadline: float | None) -> str:
     return "timeout" if deadline is not None and time.time() >= deadline else "incomplete"
 
 
-def _judged(study: optuna.Study, outcome: str) -> str:
-    """`failed` when the study ended (or timed out) without a single COMPLETE trial: a
-    search with nothing to show is not `done`."""
+def _judged(study: optuna.Study, outcome: str, first_new: int) -> str:
+    """`failed` when the study holds no COMPLETE trial, or every trial this run finished
+    (numbers from `first_new`, surplus ones aside) failed: a search with nothing to show for
+    this run is not `done`."""
     if outcome not in ("done", "timeout"):
         return outcome
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    return outcome if complete else "failed"
+    trials = study.get_trials(deepcopy=False)
+    if not any(t.state == TrialState.COMPLETE for t in trials):
+        return "failed"
+    new = [t for t in counted_trials(trials) if t.number >= first_new and t.state.is_finished()
+           and not t.user_attrs.get(TrialAttr.SURPLUS)]  # fmt: skip
+    return "failed" if new and all(t.state == TrialState.FAIL for t in new) else outcome
 
 
 def run_search(cfg: DictConfig) -> optuna.Study:
     """Run (or resume, or join) the study described by `cfg.search`; return it.
 
     Its `StudyAttr.LAST_OUTCOME` says how this invocation ended: done, interrupted, timeout,
-    incomplete, or failed (no COMPLETE trial in the whole study).
+    incomplete, or failed (no COMPLETE trial in the study, or every trial this run finished
+    failed).
 
     Single objective: `trial.value` is val_acc; `trial.constraints` hold one value per
     stated demand (feasible when all <= 0), so `study.best_trial` is the best feasible one.
@@ -202,6 +213,7 @@ def run_search(cfg: DictConfig) -> optuna.Study:
     threads = torch.get_num_threads()
     torch.set_num_threads(torch_threads(cfg.search))
     progress = StudyProgress(study, int(cfg.search.n_trials), enabled=bool(cfg.search.progress))
+    first_new = len(study.get_trials(deepcopy=False))
     outcome = "interrupted"
     try:
         with progress:
@@ -216,5 +228,5 @@ def run_search(cfg: DictConfig) -> optuna.Study:
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
         runs.finish_parent(cfg, study, parent_run_id, interrupted=outcome == "interrupted")
-    study.set_user_attr(StudyAttr.LAST_OUTCOME, _judged(study, outcome))
+    study.set_user_attr(StudyAttr.LAST_OUTCOME, _judged(study, outcome, first_new))
     return study

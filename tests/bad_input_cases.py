@@ -116,24 +116,26 @@ CASES: list[Case] = [
     _case("search on a missing data_dir", "search", "search.progress=false", "data.data_dir=no-such-folder", fragment="data.data_dir=no-such-folder"),
     # -- runtime failures (exit 1)
     _case("every trial fails", "search", *FAST, "search.study_name=doomed", "search.n_trials=2", "data.num_train=64", "data.num_val=32", "data.num_test=32",
-          "search.space.criterion.choices=[nonsense]", code=1, fragment="no trial of study 'doomed' completed (0 complete, 0 pruned, 2 failed)"),
+          "search.space.criterion.choices=[nonsense]", code=1, fragment="study 'doomed': no trial completed (0 complete, 0 pruned, 2 failed in the study)"),
+    _case("resumed study, every new trial fails", "search", *FAST, "search.study_name=resumed", "search.n_trials=2", "data.num_train=64", "data.num_val=32", "data.num_test=32",
+          "search.space.criterion.choices=[nonsense]", code=1, fragment="study 'resumed': every trial this run finished failed (1 complete, 0 pruned, 1 failed in the study)"),
     _case("corrupt ensemble file read by report", "report", "search.study_name=kept", fragment="runs/ensembles/kept-optimized.pt cannot be read"),
     _case("study's recorded data gone", "ensemble", "ensemble.study_name=kept", code=1, fragment="DataNotFoundError: data.data_dir=recorded-data-gone"),
 ]  # fmt: skip
 
 
-def _write_study(storage: str) -> None:
-    """The study every case must leave alone: 3 COMPLETE trials and a recorded config."""
+def _write_study(storage: str, name: str, n_trials: int) -> None:
+    """A study with `n_trials` COMPLETE trials and a recorded config (whose data is gone)."""
     import optuna
     from optuna.distributions import FloatDistribution
     from optuna.trial import create_trial
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=KEPT_STUDY, storage=storage, direction="maximize")
+    study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
     data = {"_target_": "lightning_prune.data.FashionMNISTDataModule",
             "data_dir": "recorded-data-gone"}  # fmt: skip
     study.set_user_attr("config", {"data": data})
-    for i in range(3):
+    for i in range(n_trials):
         study.add_trial(
             create_trial(
                 value=0.5 + i / 10,
@@ -155,7 +157,8 @@ def kept_trials(folder: Path) -> list[tuple[int, str, float]]:
 def prepare(folder: Path) -> None:
     """Lay out the files the cases point at, inside `folder`."""
     (folder / "runs" / "ensembles").mkdir(parents=True, exist_ok=True)
-    _write_study(f"sqlite:///{folder}/runs/optuna.db")
+    _write_study(f"sqlite:///{folder}/runs/optuna.db", KEPT_STUDY, 3)
+    _write_study(f"sqlite:///{folder}/runs/optuna.db", "resumed", 1)
     (folder / "runs" / "ensembles" / f"{KEPT_STUDY}-optimized.pt").write_bytes(b"not torch")
     (folder / "bad.db").write_bytes(b"this is not a database\n" * 100)
     (folder / "afile").write_text("a file where a folder is expected\n")
