@@ -7,6 +7,7 @@ import pytorch_lightning as pl
 import torch
 
 from lightning_prune.pruning import AdaptivePruning
+from lightning_prune.pruning.mask_updates import STATS_STRIDE
 from tests.pruning_helpers import ZeroChecker, classifier, tiny_data, trainer
 
 
@@ -105,7 +106,10 @@ def test_gradient_statistics_are_gathered_only_before_mask_updates():
     start, end = pruning.schedule.start_step, pruning.schedule.end_step
     assert (start, end) == (48, 96) and window == 12  # at most half of the 25 between updates
     updates = range(start, end + 25, 25)  # 48, 73 and 98 (the ramp ends on time at 96)
-    expected = {s for u in updates for s in range(u - window + 1, u + 1) if s < end}
-    assert set(observed.steps) == expected  # the window before each update, nothing else
-    assert len(observed.steps) < total / 2
+    expected = {  # every STATS_STRIDE-th step of the window before each update, nothing else
+        s for u in updates for s in range(u - window + 1, u + 1) if s < end
+        and (u - s) % STATS_STRIDE == 0
+    }  # fmt: skip
+    assert set(observed.steps) == expected and STATS_STRIDE == 2
+    assert len(observed.steps) < total / 4
     assert pruning.summary()["sparsity"] == pytest.approx(0.8, abs=2e-3)

@@ -23,7 +23,7 @@ from lightning_prune.pruning.controller import Controller
 from lightning_prune.pruning.criteria import Importance, build_criterion
 from lightning_prune.pruning.feedback import MetricFeedback
 from lightning_prune.pruning.granularity import build_granularity
-from lightning_prune.pruning.mask_updates import MaskUpdates
+from lightning_prune.pruning.mask_updates import STATS_STRIDE, MaskUpdates
 from lightning_prune.pruning.masks import MaskStore
 from lightning_prune.pruning.options import check_options, check_patterns
 from lightning_prune.pruning.persistence import PruningState
@@ -175,7 +175,7 @@ class AdaptivePruning(MaskUpdates, MetricFeedback, PruningReport, PruningState, 
             o["output_min_density"], self.regrowth, o["regrow_fraction"],
         )  # fmt: skip
         self.store: MaskStore | None = None
-        self.stats = RunningStats(self.criterion.requires)
+        self.stats = RunningStats(self.criterion.requires, stride=STATS_STRIDE)
         # at most half the steps between mask updates pay for gathering statistics
         self.stats_window = min(self.stats.window, max(1, self.frequency // 2))
         self.shadows: Shadows | None = None

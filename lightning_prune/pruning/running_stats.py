@@ -25,12 +25,15 @@ class RunningStats:
       (1 - APoZ) per output neuron/channel, from forward hooks during training
     """
 
-    def __init__(self, required: frozenset[str], momentum: float = 0.9) -> None:
+    def __init__(self, required: frozenset[str], momentum: float = 0.9, stride: int = 1) -> None:
+        """`momentum` per training step; gradients observed every `stride` steps get the
+        matching per-observation momentum, so the memory in steps stays the same."""
         unknown = set(required) - set(STATISTICS)
         if unknown:
             raise ValueError(f"unknown statistics {sorted(unknown)}; allowed: {STATISTICS}")
         self.required = frozenset(required)
         self.momentum = momentum
+        self.grad_momentum = momentum**stride
         # steps that carry 88 % of the running mean's weight (20 for momentum 0.9)
         self.window = max(1, round(2.0 / (1.0 - momentum)))
         self.grad: dict[str, torch.Tensor] = {}
@@ -39,12 +42,14 @@ class RunningStats:
         self.act_positive: dict[str, torch.Tensor] = {}
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
 
-    def _ema(self, store: dict[str, torch.Tensor], name: str, value: torch.Tensor) -> None:
+    def _ema(
+        self, store: dict[str, torch.Tensor], name: str, value: torch.Tensor, momentum: float
+    ) -> None:
         old = store.get(name)
         if old is None or old.shape != value.shape:
             store[name] = value.detach().clone()
         else:
-            old.mul_(self.momentum).add_(value.detach(), alpha=1.0 - self.momentum)
+            old.mul_(momentum).add_(value.detach(), alpha=1.0 - momentum)
 
     @torch.no_grad()
     def observe_grads(
@@ -71,9 +76,9 @@ class RunningStats:
         old = [store.get(p.name) for p in params]
         if any(o is None or o.shape != v.shape for o, v in zip(old, values, strict=True)):
             for p, value in zip(params, values, strict=True):
-                self._ema(store, p.name, value)
+                self._ema(store, p.name, value, self.grad_momentum)
             return
-        torch._foreach_lerp_(old, values, 1.0 - self.momentum)
+        torch._foreach_lerp_(old, values, 1.0 - self.grad_momentum)
 
     def attach(self, params: Sequence[PrunableParam]) -> None:
         """Register forward hooks for activation statistics (only if a criterion needs them)."""
@@ -93,8 +98,8 @@ class RunningStats:
                 out = output.detach()
                 unit_dim = 1 if channels_first and out.dim() > 2 else out.dim() - 1
                 dims = [d for d in range(out.dim()) if d != unit_dim]
-                self._ema(self.act_mean, name, out.abs().mean(dim=dims))
-                self._ema(self.act_positive, name, (out > 0).float().mean(dim=dims))
+                self._ema(self.act_mean, name, out.abs().mean(dim=dims), self.momentum)
+                self._ema(self.act_positive, name, (out > 0).float().mean(dim=dims), self.momentum)
 
         return hook
 

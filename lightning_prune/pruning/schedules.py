@@ -99,6 +99,10 @@ class SparsitySchedule:
             return False
         return (-(step - self.start_step)) % frequency < window
 
+    def steps_to_update(self, step: int, frequency: int) -> int:
+        """Steps from `step` to the next scheduled mask update (0 at an update step)."""
+        return (self.start_step - step) % frequency
+
     def retarget(self, final: float, length: int | None = None) -> None:
         """Start a new ramp from the current goal to `final` (immediate when length is None)."""
         current = self.goal()
