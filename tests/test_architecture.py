@@ -24,7 +24,9 @@ CORE_MUST_NOT_LOAD = (
     "lightning_prune.report",
     "lightning_prune.cli",
 )
-RUNNER = ("config", "tracking", "train", "checkpoint", "console", "targets")  # lightning_prune/*.py
+# lightning_prune/*.py
+RUNNER = ("config", "tracking", "train", "checkpoint", "console", "targets", "provenance",
+          "run_names", "run_metrics")  # fmt: skip
 APP = ("lightning_prune.search", "lightning_prune.ensembles", "lightning_prune.report")
 
 
