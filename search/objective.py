@@ -179,7 +179,7 @@ def _fit(
     }
     result = fit_and_test(
         trial_cfg,
-        callbacks=[reporter],
+        callbacks=[reporter, run.curves()],
         trainer_overrides=overrides,
         test=False,
         components=components,

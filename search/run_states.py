@@ -5,8 +5,9 @@ process killed mid-trial cannot, so the process that fails its trial ends the ru
 (search/retries.py), and every search command starting on or joining a study ends what is
 still left RUNNING from earlier (`repair`): a rerun cleans up after any crash.
 
-Optuna state -> MLflow status: COMPLETE -> FINISHED, PRUNED -> FINISHED (it ran as designed;
-the `trial_state` tag tells the two apart), FAIL -> FAILED, FAIL after Ctrl-C -> KILLED.
+Optuna state -> MLflow status: COMPLETE -> FINISHED, PRUNED -> KILLED (stopped early: its
+numbers are not a finished run's; the `trial_state` tag says PRUNED and `stop_reason` why),
+FAIL -> FAILED, FAIL after Ctrl-C -> KILLED (`trial_state` FAIL).
 """
 
 from __future__ import annotations
@@ -27,15 +28,16 @@ from lightning_prune import tracking
 class Tag:
     """MLflow tags of a study's runs."""
 
-    JOB = "job"  # "search" on the parent run, "search-trial" on a trial's run
-    STUDY = "study"  # the study name, on both
+    JOB = "job"  # "search" (parent), "search-trial", "dense-reference", "ensemble"
+    STUDY = "study"  # the study name, on all of them
     TRIAL_NUMBER = "trial_number"
     STATE = "trial_state"  # the Optuna state the trial ended in
+    STOP_REASON = "stop_reason"  # why a PRUNED trial was stopped (its `pruned_reason`)
     REASON = tracking.REASON_TAG
     ENDED_BY = tracking.ENDED_BY_TAG
 
 
-STATUS_OF_STATE = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
+STATUS_OF_STATE = {"COMPLETE": "FINISHED", "PRUNED": "KILLED", "FAIL": "FAILED"}
 UNKNOWN_REASON = "failed in Optuna with no recorded reason (its worker stopped or was killed)"
 
 
@@ -46,10 +48,19 @@ def mlflow_status(state: str, interrupted: bool = False) -> str:
     return STATUS_OF_STATE.get(state, "FAILED")
 
 
+def stop_tags(state: str, user_attrs: dict) -> dict[str, str]:
+    """The `trial_state` tag, plus `stop_reason` for a PRUNED trial that recorded one."""
+    tags = {Tag.STATE: state}
+    reason = user_attrs.get(TrialAttr.PRUNED_REASON)
+    if state == "PRUNED" and reason:
+        tags[Tag.STOP_REASON] = str(reason)[:5000]
+    return tags
+
+
 def end_trial_run(uri: str, run_id: str, trial: FrozenTrial, reason: str, ended_by: str) -> None:
     """End the run of a finished trial that its own process did not end."""
     state = trial.state.name
-    tags = {Tag.STATE: state, Tag.ENDED_BY: ended_by}
+    tags = {**stop_tags(state, trial.user_attrs), Tag.ENDED_BY: ended_by}
     if state == "FAIL":
         worker = trial.user_attrs.get(TrialAttr.WORKER)
         fallback = f"{reason} (worker {worker})" if worker else reason

@@ -7,6 +7,10 @@ server, `tracking.uri=http://...`, needs no retries and works the same.)
 No run is left RUNNING: each is ended by the process that started it, by that process's
 exit hook when it stops on an error, and otherwise by whichever process later notices
 (search/run_states.py).
+
+Names (`study-<name>`, `trial-<n>`), the shared metric names and where final values go
+(`lightning_prune.run_metrics`: at the run's last step, never step 0) are the same as for
+every other run; each run carries its provenance (`lightning_prune.provenance`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import time
 from typing import Any
 
 import optuna
+import pytorch_lightning as pl
 from lightning_prune.search.contract import (
     CurvePoint,
     StudyAttr,
@@ -29,15 +34,17 @@ from lightning_prune.search.contract import (
 from lightning_prune.search.locks import store_init_lock
 from lightning_prune.search.optuna_plots import optuna_figures
 from lightning_prune.search.retries import worker_id
-from lightning_prune.search.run_states import Tag, mlflow_status, repair
+from lightning_prune.search.run_states import Tag, mlflow_status, repair, stop_tags
 from lightning_prune.search.study_lock import study_lock
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_prune import tracking
+from lightning_prune import provenance, run_metrics, run_names, tracking
 from lightning_prune.tracking import retry
+
+SOURCE = "search"  # `lightning-prune search` made these runs
 
 
 def _flat(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
@@ -71,15 +78,16 @@ def _create_or_adopt(cfg: DictConfig, study: optuna.Study) -> tuple[str, bool]:
     uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
     client = MlflowClient(uri)
     recorded = tracking_of(study)
-    if recorded.uri == uri and _adoptable(client, recorded.parent_run_id):
-        retry(client.update_run, recorded.parent_run_id, status="RUNNING")
-        return recorded.parent_run_id, False
     name = cfg.search.study_name
+    if recorded.uri == uri and _adoptable(client, recorded.parent_run_id):
+        run_id = recorded.parent_run_id
+        retry(client.update_run, run_id, status="RUNNING", name=run_names.study_run(name))
+        return run_id, False
     run_id = retry(
         tracking.start_run,
         uri,
         experiment,
-        run_name=f"study:{name}",
+        run_name=run_names.study_run(name),
         tags={Tag.JOB: "search", Tag.STUDY: name},
     )
     record_tracking(study, StudyTracking(uri, experiment, run_id))
@@ -98,6 +106,7 @@ def start_parent(cfg: DictConfig, study: optuna.Study) -> str:
     tracking.close_at_exit(uri, run_id)
     if created:
         client = MlflowClient(uri)
+        provenance.stamp(uri, run_id, SOURCE, cfg.data)
         config = OmegaConf.to_container(cfg, resolve=True)
         _log_params(client, run_id, _flat("", config, {}))
         retry(client.log_dict, run_id, config, "config.json")
@@ -107,15 +116,16 @@ def start_parent(cfg: DictConfig, study: optuna.Study) -> str:
 
 
 class TrialRun:
-    """The child run of one trial: parameters, the curve, final metrics, state, artifact."""
+    """The child run of one trial: parameters, curves, final metrics, state, artifact."""
 
     def __init__(self, cfg: DictConfig, parent_run_id: str, trial: optuna.Trial) -> None:
         self.client = MlflowClient(cfg.tracking.uri)
+        self.trial = trial
         self.run_id = retry(
             tracking.start_run,
             cfg.tracking.uri,
             cfg.tracking.experiment,
-            run_name=f"trial_{trial.number}",
+            run_name=run_names.trial_run(trial.number),
             parent_run_id=parent_run_id,
             tags={
                 Tag.JOB: "search-trial",
@@ -124,19 +134,29 @@ class TrialRun:
             },
         )
         tracking.close_at_exit(cfg.tracking.uri, self.run_id)
+        provenance.stamp(cfg.tracking.uri, self.run_id, SOURCE, cfg.data)
+        self.last_step = 0  # the curve's last global step: where the final values go
+        self.last_ms = 0  # and its last timestamp: the final values come after it
 
     def log_params(self, params: dict[str, Any]) -> None:
         _log_params(self.client, self.run_id, params)
 
+    def log_metrics(self, values: dict[str, float | None], step: int) -> None:
+        """Curve points at the trainer's global `step` (None values skipped)."""
+        now = max(int(time.time() * 1000), self.last_ms)
+        metrics = [Metric(k, float(v), now, int(step)) for k, v in values.items() if v is not None]
+        if metrics:
+            retry(self.client.log_batch, self.run_id, metrics=metrics)
+            self.last_step, self.last_ms = max(self.last_step, int(step)), now
+
     def log_point(self, point: dict[str, Any]) -> None:
-        """One validation: val_acc and sparsity at the global step."""
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric(k, float(point[k]), now, int(point[CurvePoint.STEP]))
-            for k in (TrialAttr.VAL_ACC, CurvePoint.SPARSITY, CurvePoint.RAMP_PROGRESS)
-            if point.get(k) is not None
-        ]
-        retry(self.client.log_batch, self.run_id, metrics=metrics)
+        """One validation (the reporter's curve point): val_acc, sparsity, ramp progress."""
+        keys = (TrialAttr.VAL_ACC, CurvePoint.SPARSITY, CurvePoint.RAMP_PROGRESS)
+        self.log_metrics({k: point.get(k) for k in keys}, point[CurvePoint.STEP])
+
+    def curves(self) -> pl.Callback:
+        """A callback for the trial's Trainer that logs `train_loss` and `val_loss` curves."""
+        return LossCurves(self)
 
     def log_artifact(self, path: str) -> None:
         retry(self.client.log_artifact, self.run_id, path)
@@ -144,12 +164,14 @@ class TrialRun:
     def finish(
         self, state: str, metrics: dict[str, float], seconds: float, reason: str = ""
     ) -> None:
-        """Final metrics, the Optuna state as the `trial_state` tag (COMPLETE / PRUNED / FAIL),
-        duration, reason; the status follows the state (`run_states.mlflow_status`)."""
-        now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None]
-        batch.append(Metric("duration_s", float(seconds), now, 0))
-        tags = [RunTag(Tag.STATE, state)]
+        """Final metrics at the curve's last step, the Optuna state as the `trial_state` tag
+        (COMPLETE / PRUNED / FAIL) with the `stop_reason` of a stopped trial, duration,
+        reason; the status follows the state (`run_states.mlflow_status`)."""
+        values = {**metrics, "duration_s": seconds}
+        names = (*run_metrics.SHARED, "duration_s")
+        batch = run_metrics.final_metrics(values, self.last_step, self.last_ms, names)
+        attrs = self.trial.user_attrs if state == "PRUNED" else {}
+        tags = [RunTag(k, v) for k, v in stop_tags(state, attrs).items()]
         if reason:
             tags.append(RunTag(Tag.REASON, reason[:5000]))
         try:
@@ -158,6 +180,26 @@ class TrialRun:
             status = mlflow_status(state, interrupted="interrupted" in reason)
             retry(self.client.set_terminated, self.run_id, status)
             tracking.ended(self.run_id)
+
+
+class LossCurves(pl.Callback):
+    """Logs the module's `train_loss` (each training epoch) and `val_loss` (each validation)
+    into a trial's run at the global step, beside the reporter's val_acc and sparsity."""
+
+    def __init__(self, run: TrialRun) -> None:
+        self.run = run
+
+    def _log(self, trainer: pl.Trainer, name: str) -> None:
+        value = trainer.callback_metrics.get(name)
+        if value is not None and value.numel() == 1:
+            self.run.log_metrics({name: float(value)}, trainer.global_step)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log(trainer, "train_loss")
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._log(trainer, "val_loss")
 
 
 def _log_plots(client: MlflowClient, run_id: str, study: optuna.Study) -> list[str]:
@@ -174,18 +216,18 @@ def _log_plots(client: MlflowClient, run_id: str, study: optuna.Study) -> list[s
 
 
 def _summarise(client: MlflowClient, run_id: str, study: optuna.Study) -> None:
-    """Best trial, counts and plots on the parent run."""
+    """Counts, the best feasible trial's results under the shared names (`val_acc`, ...),
+    its number as the `best_trial` tag, and plots on the parent run; the metrics at step =
+    finished trials, so a resumed study draws its best so far."""
     counts = state_counts(study)
-    now = int(time.time() * 1000)
-    metrics = [Metric(f"trials_{k}", float(v), now, 0) for k, v in counts.items()]
+    step = sum(counts.get(k, 0) for k in ("complete", "pruned", "fail"))
+    values = {f"trials_{k}": v for k, v in counts.items()}
+    names = tuple(values)
     best = best_trials(study)
     if best:
         top = best[0]
-        metrics += [
-            Metric(f"best_{k}", float(top.user_attrs[k]), now, 0)
-            for k in (TrialAttr.VAL_ACC, TrialAttr.TEST_ACC, TrialAttr.SPARSITY)
-            if top.user_attrs.get(k) is not None
-        ]
+        values |= {k: top.user_attrs.get(k) for k in run_metrics.SHARED}
+        names += run_metrics.SHARED
         retry(client.set_tag, run_id, "best_trial", str(top.number))
         retry(
             client.log_dict,
@@ -193,6 +235,7 @@ def _summarise(client: MlflowClient, run_id: str, study: optuna.Study) -> None:
             {"number": top.number, "params": top.params, "user_attrs": top.user_attrs},
             "best_trial.json",
         )
+    metrics = run_metrics.final_metrics(values, step, names=names)
     retry(client.log_batch, run_id, metrics=metrics)
     _log_plots(client, run_id, study)
 
