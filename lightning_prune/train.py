@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_prune import tracking
+from lightning_prune import provenance, run_metrics, run_names, tracking
 from lightning_prune.checkpoint import save_model
 from lightning_prune.config import ConfigError
 from lightning_prune.preflight import check_data, check_folder, check_tracking, check_trainer
@@ -123,17 +123,24 @@ def preflight(cfg: DictConfig, datamodule: pl.LightningDataModule) -> None:
 
 
 def run_train(cfg: DictConfig) -> TrainResult:
-    """The `train` command: a fit and test recorded as one MLflow run with its model."""
+    """The `train` command: a fit and test recorded as one MLflow run with its model, named
+    `train-<preset>` (or `run_name`), the shared final metrics at its last step
+    (`lightning_prune.run_metrics`) and its provenance."""
     uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
     components = build_components(cfg)  # bad input fails before anything is recorded
     preflight(cfg, components[0])
-    run_id = tracking.start_run(uri, experiment, run_name=cfg.run_name, tags={"job": "train"})
+    name = run_names.train_run(cfg)
+    run_id = tracking.start_run(uri, experiment, run_name=name, tags={"job": "train"})
     logger = tracking.lightning_logger(uri, experiment, run_id)
     logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     status = "FAILED"
     try:
+        provenance.stamp(uri, run_id, "train", cfg.data)
         result = fit_and_test(cfg, logger=logger, components=components)
         result.run_id = run_id
+        values = {**result.metrics, **run_metrics.model_stats(result.model, result.pruning)}
+        step = result.extra["trainer"].global_step
+        logger.experiment.log_batch(run_id, metrics=run_metrics.final_metrics(values, step))
         result.checkpoint = save_result(cfg, result, Path(cfg.output_dir) / "models" / run_id)
         logger.experiment.log_artifact(run_id, str(result.checkpoint))
         status = "FINISHED"
