@@ -137,22 +137,28 @@ def log_ensemble(
     parent_run_id: str | None = None,
     run_name: str = "ensemble",
     example: torch.Tensor | None = None,
+    tags: dict[str, str] | None = None,
+    data: dict[str, Any] | None = None,
 ) -> tuple[str, str]:
     """Record the ensemble as an MLflow run nested under `parent_run_id`.
 
-    Logs params (settings, each member's trial and weight), metrics, `members.json`, the
-    ensemble file and an `mlflow.pytorch` model. Returns (run_id, model_uri).
+    Logs params (settings, each member's trial and weight), metrics (at step 0: an ensemble
+    has no curve, `lightning_prune.run_metrics`), its provenance with `data` as the input
+    dataset, `members.json`, the ensemble file and an `mlflow.pytorch` model. Returns
+    (run_id, model_uri).
     """
     import mlflow  # here, not at the top: seconds of start-up the file-only path skips
     from mlflow import MlflowClient
 
-    from lightning_prune import tracking
+    from lightning_prune import provenance, tracking
 
-    run_id = tracking.start_run(uri, experiment, run_name, parent_run_id, tags={"job": "ensemble"})
+    all_tags = {"job": "ensemble", **(tags or {})}
+    run_id = tracking.start_run(uri, experiment, run_name, parent_run_id, tags=all_tags)
     client = MlflowClient(uri)
     status = "FAILED"
     previous_uri = mlflow.get_tracking_uri()
     try:
+        provenance.stamp(uri, run_id, "ensemble", data, context="evaluation")
         weights = [float(w) for w in ensemble.weights]
         for key, value in {**params, **_flat_params(members, weights)}.items():
             client.log_param(run_id, key, str(value)[:6000])

@@ -20,8 +20,8 @@ from lightning_prune.ensembles.artifact import (
     save_ensemble,
 )
 from lightning_prune.ensembles.evaluate import EnsembleReport, evaluate_ensemble, report_table
-from lightning_prune.ensembles.model import COMBINES, WeightedEnsemble
-from lightning_prune.ensembles.predictions import collect_log_probs
+from lightning_prune.ensembles.model import COMBINES, WeightedEnsemble, combine_log_probs
+from lightning_prune.ensembles.predictions import accuracy, collect_log_probs
 from lightning_prune.ensembles.selection import (
     DIVERSITIES,
     Member,
@@ -33,7 +33,9 @@ from lightning_prune.ensembles.weighting import WEIGHTINGS, fit_weights
 from lightning_prune.search.contract import DEFAULT_STORAGE, StudyAttr, tracking_of
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_prune import run_names
 from lightning_prune.config import ConfigError
+from lightning_prune.pruning.stats import nonzero_params
 from lightning_prune.targets import UntrustedTargetError, allow_targets, safe_instantiate
 
 
@@ -82,12 +84,18 @@ def _check_options(options: DictConfig) -> None:
         raise ConfigError(f"ensemble.temperature must be > 0, got {options.temperature}")
 
 
-def _datamodule(cfg: DictConfig, study: optuna.Study) -> pl.LightningDataModule:
-    """The data the study's trials were validated on (its recorded `config.data`)."""
+def _data_config(cfg: DictConfig, study: optuna.Study) -> tuple[dict[str, Any], str]:
+    """The data the study's trials were validated on (its recorded `config.data`), unless
+    `ensemble.data_from` says otherwise; and where that config came from."""
     recorded = study.user_attrs.get(StudyAttr.CONFIG, {}).get("data")
     use_study = cfg.ensemble.data_from == "study" and recorded
     data_cfg = recorded if use_study else OmegaConf.to_container(cfg.data, resolve=True)
-    where = f"study {study.study_name!r} config.data" if use_study else "data"
+    return data_cfg, f"study {study.study_name!r} config.data" if use_study else "data"
+
+
+def _datamodule(cfg: DictConfig, study: optuna.Study) -> pl.LightningDataModule:
+    """The data module of `_data_config`, its files prepared."""
+    data_cfg, where = _data_config(cfg, study)
     try:
         datamodule = safe_instantiate(data_cfg, allow_targets(cfg), where=where)
     except UntrustedTargetError:
@@ -142,13 +150,36 @@ def run_ensemble(cfg: DictConfig) -> EnsembleResult:
     )  # fmt: skip
     if options.log_mlflow:
         example = next(iter(datamodule.val_dataloader()))[0][:2]
+        shared = _shared_metrics(ensemble, report, datamodule.val_dataloader())
         result.run_id, result.model_uri = log_ensemble(
-            uri, experiment, artifact, ensemble, params=settings, metrics=report.metrics(),
+            uri, experiment, artifact, ensemble, params=settings,
+            metrics={**report.metrics(), **shared},
             members=[m.summary() for m in members], example=example,
             parent_run_id=recorded.parent_run_id,
-            run_name=f"ensemble-{options.weighting}-k{len(members)}",
+            run_name=run_names.ensemble_run(options.weighting, len(members)),
+            tags={"study": study.study_name}, data=_data_config(cfg, study)[0],
         )  # fmt: skip
     return result
+
+
+def _shared_metrics(
+    ensemble: WeightedEnsemble, report: EnsembleReport, val_loader: Iterable
+) -> dict[str, float]:
+    """The names every run shares (`lightning_prune.run_metrics`): the ensemble's val and
+    test accuracy, and nonzero parameters, FLOPs and sparsity summed over its used members
+    (weight > 0), so it sorts against single trials by what it costs in total."""
+    log_probs, labels = collect_log_probs(list(ensemble.members), val_loader)
+    val_acc = accuracy(combine_log_probs(log_probs, ensemble.weights, ensemble.combine), labels)
+    used = [m for m, w in zip(ensemble.members, ensemble.weights, strict=True) if float(w) > 0]
+    total = sum(nonzero_params(m)[1] for m in used)
+    nonzero = report.costs["nonzero_params"]
+    return {
+        "val_acc": float(val_acc),
+        "test_acc": float(report.ensemble["test_acc"]),
+        "nonzero_params": float(nonzero),
+        "flops": float(report.costs["flops"]),
+        "sparsity": 1.0 - nonzero / max(total, 1),
+    }
 
 
 def _plain(options: DictConfig) -> dict[str, Any]:
