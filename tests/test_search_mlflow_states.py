@@ -76,7 +76,7 @@ def _parents(uri: str) -> list:
 def _leftover_run(cfg, parent: str | None, **tags: str) -> str:
     """A run as an older version or a killed process left it: created, never ended, and not
     promised to this process's exit hook."""
-    name = f"trial_{tags['trial_number']}" if "trial_number" in tags else "study:dup"
+    name = f"trial-{tags['trial_number']}" if "trial_number" in tags else "study-dup"
     run_tags = {"study": cfg.search.study_name, **tags}
     return tracking.start_run(cfg.tracking.uri, cfg.tracking.experiment, name, parent, run_tags)
 
