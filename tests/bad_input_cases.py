@@ -57,7 +57,7 @@ CASES: list[Case] = [
     _case("unknown key", "train", "trainer.max_epochz=3", fragment="trainer.max_epochz"),
     _case("wrong type", "train", "trainer.max_epochs=ten", fragment="trainer.max_epochs must be int"),
     _case("unknown preset", "train", "model=resnet", fragment="model/resnet"),
-    _case("negative subset", "train", *FAST[:1], "data.subset=-5", fragment="data.subset"),
+    _case("negative subset", "train", "data.subset=-5", fragment="data.subset must be a positive integer, got -5"),
     _case("bad criterion", "train", *FAST[:1], "pruning=magnitude_gradual",
           "pruning.criterion=l3norm", fragment="criterion must be one of"),
     _case("target sparsity 1.5", "train", *FAST[:1], "pruning=magnitude_gradual",
@@ -118,7 +118,7 @@ CASES: list[Case] = [
     _case("every trial fails", "search", *FAST, "search.study_name=doomed", "search.n_trials=2", "data.num_train=64", "data.num_val=32", "data.num_test=32",
           "search.space.criterion.choices=[nonsense]", code=1, fragment="study 'doomed': no trial completed (0 complete, 0 pruned, 2 failed in the study)"),
     _case("resumed study, every new trial fails", "search", *FAST, "search.study_name=resumed", "search.n_trials=2", "data.num_train=64", "data.num_val=32", "data.num_test=32",
-          "search.space.criterion.choices=[nonsense]", code=1, fragment="study 'resumed': every trial this run finished failed (1 complete, 0 pruned, 1 failed in the study)"),
+          "search.space.criterion.choices=[nonsense]", code=1, fragment="study 'resumed': every trial this run finished failed (1 complete, 0 pruned, 1 failed in the study); last failure (trial 1): ConfigError: pruning: criterion must be one of"),
     _case("corrupt ensemble file read by report", "report", "search.study_name=kept", fragment="runs/ensembles/kept-optimized.pt cannot be read"),
     _case("study's recorded data gone", "ensemble", "ensemble.study_name=kept", code=1, fragment="DataNotFoundError: data.data_dir=recorded-data-gone"),
 ]  # fmt: skip
@@ -140,7 +140,7 @@ def _write_study(storage: str, name: str, n_trials: int) -> None:
             create_trial(
                 value=0.5 + i / 10,
                 params={"lr": 0.001 * (i + 1)},
-                distributions={"lr": FloatDistribution(0.0001, 0.01)},
+                distributions={"lr": FloatDistribution(0.0001, 0.01, log=True)},  # as searched
                 user_attrs={"val_acc": 0.5 + i / 10, "sparsity": 0.9, "feasible": True},
             )
         )
