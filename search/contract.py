@@ -16,33 +16,28 @@ What a study holds:
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import optuna
-from optuna.exceptions import ExperimentalWarning
-from optuna.storages import (
-    BaseStorage,
-    JournalStorage,
-    RDBStorage,
-    RetryFailedTrialCallback,
-    RetryHeartbeatStaleTrialCallback,
+from lightning_prune.search.storage import (  # noqa: F401  (re-exported: the contract's storage part)
+    DEFAULT_STORAGE,
+    SERVER_SCHEMES,
+    StorageURL,
+    check_storage,
+    has_heartbeats,
+    make_storage,
+    parse_storage,
+    quiet_experimental,
 )
-from optuna.storages.journal import JournalFileBackend
+from optuna.exceptions import ExperimentalWarning
+from optuna.storages import RetryFailedTrialCallback
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from lightning_prune.config import ConfigError
-
-DEFAULT_STORAGE = "sqlite:///runs/optuna.db"
 CHECKPOINT_NAME = "model.pt"  # a trial's pruned model: in its folder and as its MLflow artifact
-SERVER_SCHEMES = ("postgresql", "postgres", "mysql")
-StorageKind = Literal["journal", "sqlite", "rdb"]
 
 # Optuna warns on every call of these public (but "experimental") accessors; we rely on them.
 warnings.filterwarnings(
@@ -58,7 +53,12 @@ class TrialAttr:
     `lightning_prune.checkpoint.save_model`), MLFLOW_RUN_ID, the measured results (`RESULTS`),
     FEASIBLE, CURVE, EPOCHS, DURATION_S and WORKER. A PRUNED trial has the same minus
     CHECKPOINT and TEST_ACC, plus PRUNED_AT_STEP and PRUNED_REASON. A FAIL trial has
-    FAIL_REASON (and INTERRUPTED after Ctrl-C, SURPLUS when other workers filled the study).
+    FAIL_REASON (and INTERRUPTED after Ctrl-C, SURPLUS when other workers filled the study,
+    DUPLICATE_OF when its sampled parameters repeated an earlier trial's).
+
+    Read the curve with `curve_of`: while a trial runs it is stored one point per validation
+    (`curve/0000`, `curve/0001`, ...: a write that does not grow with the curve), and once
+    its fit ends also whole under CURVE.
     """
 
     CHECKPOINT = "checkpoint"
@@ -70,7 +70,8 @@ class TrialAttr:
     VAL_ACC = "val_acc"
     TEST_ACC = "test_acc"
     FEASIBLE = "feasible"
-    CURVE = "curve"  # one `CurvePoint` dict per validation, kept up to date while running
+    CURVE = "curve"  # one `CurvePoint` dict per validation, written when the fit ends
+    CURVE_POINT = "curve/"  # + 4-digit validation index: one `CurvePoint`, while it runs
     EPOCHS = "epochs"
     DURATION_S = "duration_s"
     WORKER = "worker"  # host:pid of the process that ran it
@@ -79,6 +80,7 @@ class TrialAttr:
     FAIL_REASON = "fail_reason"
     INTERRUPTED = "interrupted"
     SURPLUS = "surplus"
+    DUPLICATE_OF = "duplicate_of"  # number of the earlier trial with the same parameters
 
     RESULTS = (MLFLOW_RUN_ID, SPARSITY, NONZERO_PARAMS, FLOPS, VAL_ACC, TEST_ACC)
 
@@ -92,6 +94,24 @@ class CurvePoint:
     RAMP_PROGRESS = "ramp_progress"
 
 
+def curve_point_key(index: int) -> str:
+    """The user attribute of validation `index`'s curve point, e.g. `curve/0007`."""
+    return f"{TrialAttr.CURVE_POINT}{index:04d}"
+
+
+def curve_of(trial: FrozenTrial) -> list[dict[str, Any]]:
+    """A trial's curve: the whole `curve` attribute once written, else the points so far."""
+    attrs = trial.user_attrs
+    if attrs.get(TrialAttr.CURVE):
+        return list(attrs[TrialAttr.CURVE])
+    points = {
+        int(key.removeprefix(TrialAttr.CURVE_POINT)): value
+        for key, value in attrs.items()
+        if key.startswith(TrialAttr.CURVE_POINT) and key[len(TrialAttr.CURVE_POINT) :].isdigit()
+    }
+    return [points[index] for index in sorted(points)]
+
+
 class StudyAttr:
     """Keys of `study.user_attrs`."""
 
@@ -101,93 +121,6 @@ class StudyAttr:
     CONFIG = "config"  # the whole resolved config of the search
     DENSE_REFERENCE = "dense_reference"  # {val_acc, test_acc, params, seconds}
     LAST_OUTCOME = "last_outcome"  # done | interrupted | timeout | incomplete
-
-
-# --- storage URLs ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StorageURL:
-    """A parsed `search.storage`: its kind and, for a local one, the file it names."""
-
-    url: str
-    kind: StorageKind
-    path: Path | None  # None for a database server or an in-memory SQLite
-
-
-def parse_storage(url: str) -> StorageURL:
-    """`journal:///runs/optuna.journal` (or a path ending in .journal): several processes on one
-    machine; `sqlite:///runs/optuna.db`: one process; `postgresql://...`: many machines."""
-    for prefix in ("journal:///", "journal://"):
-        if url.startswith(prefix):
-            return StorageURL(url, "journal", Path(url.removeprefix(prefix)))
-    if "://" not in url and url.endswith(".journal"):
-        return StorageURL(url, "journal", Path(url))
-    scheme, _, rest = url.partition("://")
-    scheme = scheme.split("+", 1)[0]
-    if scheme == "sqlite":
-        file = rest.removeprefix("/").split("?", 1)[0]
-        return StorageURL(url, "sqlite", Path(file) if file not in ("", ":memory:") else None)
-    if scheme in SERVER_SCHEMES:
-        return StorageURL(url, "rdb", None)
-    raise ConfigError(
-        f"search.storage={url!r} is not a storage URL; use sqlite:///runs/optuna.db, "
-        "journal:///runs/optuna.journal or postgresql://user:password@host:port/db"
-    )
-
-
-def check_storage(url: str, workers: int) -> None:
-    """Fail before any trial when the storage cannot take `workers` parallel writers."""
-    if not isinstance(workers, int) or workers < 1:
-        raise ConfigError(f"search.workers must be an integer >= 1, got {workers!r}")
-    if workers > 1 and parse_storage(url).kind == "sqlite":
-        raise ConfigError(
-            f"search.workers={workers} needs a storage safe for parallel writers, not SQLite "
-            f"({url}); use search.storage=journal:///runs/optuna.journal on one machine or "
-            "search.storage=postgresql://... across machines"
-        )
-
-
-def has_heartbeats(url: str, heartbeat_interval: int | None) -> bool:
-    """Database storages beat when asked to; a journal file has no heartbeats."""
-    return parse_storage(url).kind != "journal" and bool(heartbeat_interval)
-
-
-@contextlib.contextmanager
-def quiet_experimental() -> Iterator[None]:
-    """Heartbeats and retries are "experimental" in Optuna since 2.x; we rely on them."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ExperimentalWarning)
-        yield
-
-
-def make_storage(
-    url: str,
-    heartbeat_interval: int | None = 10,
-    grace_period: int | None = 30,
-    max_retry: int | None = 2,
-) -> BaseStorage:
-    """Open (creating when needed) the storage at `url`; a database storage with heartbeats
-    fails a dead worker's trial after `grace_period` seconds and queues a copy."""
-    location = parse_storage(url)
-    if location.kind == "journal":
-        location.path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(location.path)))
-    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
-    if location.kind == "sqlite":
-        if location.path is not None:
-            location.path.parent.mkdir(parents=True, exist_ok=True)
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    heartbeat = heartbeat_interval or None
-    with quiet_experimental():
-        retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry) if heartbeat else None
-        return RDBStorage(
-            url,
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=heartbeat,
-            grace_period=grace_period if heartbeat else None,
-            heartbeat_stale_trial_callback=retry,
-        )
 
 
 # --- opening a study ---------------------------------------------------------------------
@@ -242,27 +175,43 @@ def is_retry(trial: FrozenTrial) -> bool:
     return RetryFailedTrialCallback.retried_trial_number(trial) is not None
 
 
+def _rerun(trial: FrozenTrial) -> bool:
+    """A FAIL trial that never trained: interrupted, or its recipe repeated an earlier one."""
+    attrs = trial.user_attrs
+    return bool(attrs.get(TrialAttr.INTERRUPTED)) or TrialAttr.DUPLICATE_OF in attrs
+
+
 def counted_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     """Trials that use up `n_trials`: finished, pruned, running, queued, and failed ones
-    that were not retried or interrupted (those are re-run, so they do not count)."""
+    that were not retried, interrupted or duplicates (those are re-run or re-sampled)."""
     retried = retried_numbers(trials)
     return [
         t for t in trials
-        if not (t.state == TrialState.FAIL
-                and (t.number in retried or t.user_attrs.get(TrialAttr.INTERRUPTED)))
+        if not (t.state == TrialState.FAIL and (t.number in retried or _rerun(t)))
     ]  # fmt: skip
 
 
-def state_counts(study: optuna.Study) -> dict[str, int]:
-    """complete / pruned / fail / running / waiting among counted trials, plus retried."""
-    trials = study.get_trials(deepcopy=False)
+def state_counts(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> dict[str, int]:
+    """complete / pruned / fail / running / waiting among counted trials, plus retried and
+    duplicates (re-sampled repeats); `trials`: the study's trials when already read."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
     counts = {name: 0 for name in ("complete", "pruned", "fail", "running", "waiting")}
     for trial in counted_trials(trials):
         key = trial.state.name.lower()
         if key in counts:
             counts[key] += 1
     counts["retried"] = len(retried_numbers(trials))
+    counts["duplicates"] = sum(TrialAttr.DUPLICATE_OF in t.user_attrs for t in trials)
     return counts
+
+
+def repeated_recipe(trials: list[FrozenTrial], number: int, params: dict) -> FrozenTrial | None:
+    """The earliest trial before `number` that trained, trains or was pruned with exactly
+    `params` (a replayed sampler seed); failed ones do not count (their retries repeat them)."""
+    live = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return next(
+        (t for t in trials if t.number < number and t.state in live and t.params == params), None
+    )
 
 
 def is_feasible(trial: FrozenTrial) -> bool:
@@ -280,12 +229,17 @@ def _dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
     return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
 
 
-def _ranked(study: optuna.Study) -> list[tuple[FrozenTrial, int]]:
+def _ranked(
+    study: optuna.Study, trials: list[FrozenTrial] | None = None
+) -> list[tuple[FrozenTrial, int]]:
     """(trial, how many trials dominate it) for finished feasible trials, best first."""
     directions = list(study.directions)
+    if trials is None:
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     trials = [
-        t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-        if t.values is not None and all(math.isfinite(v) for v in t.values) and is_feasible(t)
+        t for t in trials
+        if t.state == TrialState.COMPLETE and t.values is not None
+        and all(math.isfinite(v) for v in t.values) and is_feasible(t)
     ]  # fmt: skip
     scored = {t.number: _oriented(t, directions) for t in trials}
     beaten = {t.number: sum(_dominates(scored[o.number], scored[t.number]) for o in trials)
@@ -303,11 +257,13 @@ def ranked_trials(study: optuna.Study) -> list[FrozenTrial]:
     return [trial for trial, _ in _ranked(study)]
 
 
-def best_trials(study: optuna.Study) -> list[FrozenTrial]:
-    """The winners: `ranked_trials` with one objective; the feasible Pareto front with several."""
+def best_trials(study: optuna.Study, trials: list[FrozenTrial] | None = None) -> list[FrozenTrial]:
+    """The winners: `ranked_trials` with one objective; the feasible Pareto front with several
+    (`trials`: the study's trials when already read)."""
+    ranked = _ranked(study, trials)
     if len(study.directions) == 1:
-        return ranked_trials(study)
-    return [trial for trial, beaten in _ranked(study) if beaten == 0]
+        return [trial for trial, _ in ranked]
+    return [trial for trial, beaten in ranked if beaten == 0]
 
 
 # --- where the study's runs are ----------------------------------------------------------

@@ -16,7 +16,7 @@ from typing import Any
 
 import optuna
 from lightning_prune.search import space
-from lightning_prune.search.contract import CHECKPOINT_NAME, TrialAttr
+from lightning_prune.search.contract import CHECKPOINT_NAME, TrialAttr, repeated_recipe
 from lightning_prune.search.reporter import TrialReporter
 from lightning_prune.search.retries import worker_id
 from lightning_prune.search.runs import TrialRun
@@ -35,6 +35,14 @@ class SearchInterrupted(Exception):
 
 class TrialFailed(Exception):
     """A trial that ran but cannot be scored; `reason` goes to Optuna and MLflow."""
+
+
+class DuplicateRecipe(TrialFailed):
+    """The sampled parameters equal an earlier trial's: failed before training, re-sampled."""
+
+    def __init__(self, number: int) -> None:
+        super().__init__(f"duplicate: the sampled parameters repeat trial {number}'s")
+        self.number = number
 
 
 @dataclass
@@ -119,12 +127,22 @@ def _measure(ctx: SearchContext, model: nn.Module, summary: dict | None) -> dict
     return stats
 
 
+def _refuse_repeat(trial: optuna.Trial) -> None:
+    """Belt and braces behind the per-trial sampler seeds: never train a recipe twice."""
+    trials = trial.study.get_trials(deepcopy=False)
+    earlier = repeated_recipe(trials, trial.number, trial.params)
+    if earlier is not None:
+        trial.set_user_attr(TrialAttr.DUPLICATE_OF, earlier.number)
+        raise DuplicateRecipe(earlier.number)
+
+
 def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float | list[float]:
     """Train one recipe; raise TrialPruned, TrialFailed or SearchInterrupted, or return."""
     # Sampled `start=0` is a legitimate recipe: its per-trial warning is noise here.
     warnings.filterwarnings("ignore", message="AdaptivePruning: pruning started before")
     trial.set_user_attr(TrialAttr.WORKER, worker_id())
     chosen = space.suggest(trial, ctx.params)
+    _refuse_repeat(trial)
     trial_cfg = space.apply_overrides(ctx.cfg, space.trial_overrides(ctx.params, chosen))
     run = TrialRun(ctx.cfg, ctx.parent_run_id, trial)
     trial.set_user_attr(TrialAttr.MLFLOW_RUN_ID, run.run_id)

@@ -1,4 +1,8 @@
-"""The study-level progress bar: it polls the storage, so it counts every worker's trials."""
+"""The study-level progress bar: it polls the storage, so it counts every worker's trials.
+
+One incremental read per poll; polls back off from `interval` to `max_interval` while
+nothing changes (a long trial), and return to `interval` when a trial starts or ends.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 class StudyProgress:
     """`with StudyProgress(study, n_trials): ...` shows finished / pruned / failed, best
-    so far and elapsed time, refreshed from the storage every `interval` seconds."""
+    so far and elapsed time, read from the storage every `interval` seconds, backing off
+    to every `max_interval` seconds while nothing changes."""
 
     def __init__(
         self,
@@ -22,8 +27,11 @@ class StudyProgress:
         enabled: bool = True,
         interval: float = 1.0,
         console: Console | None = None,
+        max_interval: float = 10.0,
     ) -> None:
         self.study, self.n_trials, self.enabled, self.interval = study, n_trials, enabled, interval
+        self.max_interval = max(interval, max_interval)
+        self._shown: tuple[int, str] | None = None
         self.console = console or Console(stderr=True)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -31,9 +39,10 @@ class StudyProgress:
         self._task = None
 
     def describe(self) -> tuple[int, str]:
-        counts = state_counts(self.study)
+        trials = self.study.get_trials(deepcopy=False)
+        counts = state_counts(self.study, trials)
         done = counts["complete"] + counts["pruned"] + counts["fail"]
-        best = best_trials(self.study)
+        best = best_trials(self.study, trials)
         shown = "best -"
         if best:
             top = best[0]
@@ -46,16 +55,21 @@ class StudyProgress:
         )
         return done, text
 
-    def _refresh(self) -> None:
+    def _refresh(self) -> bool:
+        """Read and show the study; True when something changed."""
         try:
-            done, text = self.describe()
+            shown = self.describe()
         except Exception:  # the storage is busy: try again next tick
-            return
+            return False
+        done, text = shown
         self._progress.update(self._task, completed=min(done, self.n_trials), description=text)
+        changed, self._shown = shown != self._shown, shown
+        return changed
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
-            self._refresh()
+        wait = self.interval
+        while not self._stop.wait(wait):
+            wait = self.interval if self._refresh() else min(2 * wait, self.max_interval)
 
     def __enter__(self) -> StudyProgress:
         if not self.enabled:

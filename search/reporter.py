@@ -7,6 +7,7 @@ Trainer to stop; the objective raises TrialPruned once `fit` has returned.
 
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from collections.abc import Callable
@@ -14,7 +15,7 @@ from typing import Any
 
 import optuna
 import pytorch_lightning as pl
-from lightning_prune.search.contract import CurvePoint, TrialAttr
+from lightning_prune.search.contract import CurvePoint, TrialAttr, curve_of, curve_point_key
 from pytorch_lightning.utilities.types import STEP_OUTPUT
 from typing_extensions import override
 
@@ -42,11 +43,11 @@ class TrialReporter(pl.Callback):
             never raise it again -- cannot become feasible and is stopped at once.
 
     Steps reported to Optuna are validation indices (0, 1, ...), the same for every trial of
-    a study. The curve so far is kept in the trial's `curve` user attribute at each
-    validation, so pruners can read the sparsity behind each reported value
-    (`SparsityMatchedPruner`). After `fit`: `pruned_at` is the global step at which the
-    pruner stopped the trial (or None), `interrupted` tells whether `stop_event` stopped it,
-    `curve` holds every point.
+    a study. Each validation writes its own curve point (`curve/0007`: one small write, not
+    the whole growing curve) and the whole curve is written once when `fit` ends; pruners
+    that read the live curve get it through `LiveCurve` (`SparsityMatchedPruner`). After
+    `fit`: `pruned_at` is the global step at which the pruner stopped the trial (or None),
+    `interrupted` tells whether `stop_event` stopped it, `curve` holds every point.
     """
 
     def __init__(
@@ -136,8 +137,8 @@ class TrialReporter(pl.Callback):
             CurvePoint.SPARSITY: self._sparsity(),
             CurvePoint.RAMP_PROGRESS: self._ramp_progress(),
         }
+        self.trial.set_user_attr(curve_point_key(len(self.curve)), point)
         self.curve.append(point)
-        self.trial.set_user_attr(TrialAttr.CURVE, self.curve)
         if self.on_validation is not None:
             self.on_validation(point)
         self._check_stop(trainer)
@@ -152,3 +153,31 @@ class TrialReporter(pl.Callback):
             self._stop_pruned(
                 trainer, f"below the pruner's threshold at step {trainer.global_step}"
             )
+
+    def _write_curve(self) -> None:
+        if self.curve:
+            self.trial.set_user_attr(TrialAttr.CURVE, self.curve)
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_curve()
+
+    @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        self._write_curve()
+
+
+class LiveCurve(optuna.pruners.BasePruner):
+    """Hands `pruner` the judged trial with its whole `curve`, assembled from the points the
+    reporter writes while the trial runs (SparsityMatchedPruner reads it at each validation)."""
+
+    def __init__(self, pruner: optuna.pruners.BasePruner) -> None:
+        self.pruner = pruner
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        if TrialAttr.CURVE not in trial.user_attrs:
+            trial = copy.copy(trial)
+            trial.user_attrs = {**trial.user_attrs, TrialAttr.CURVE: curve_of(trial)}
+        return self.pruner.prune(study, trial)

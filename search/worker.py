@@ -4,6 +4,11 @@ The same loop runs in the main process (workers=1), in local worker processes, a
 other machines joined through the same storage. `n_trials` counts the study's total, so
 a resumed or joined study stops where it should; trials of dead workers are failed and
 re-queued (search/retries.py) and their copies run to completion.
+
+A worker with nothing left to run waits for the others' trials, polling the storage with
+backoff (1 s doubling to 10 s, back to 1 s when the study changes): 100 idle workers cost a
+few reads per second, not 100. Each poll is one incremental read (Optuna's cached storage
+re-reads only unfinished and new trials).
 """
 
 from __future__ import annotations
@@ -22,14 +27,20 @@ from lightning_prune.search.contract import (
     is_retry,
 )
 from lightning_prune.search.locks import ask_lock
-from lightning_prune.search.objective import SearchContext, SearchInterrupted, run_trial
+from lightning_prune.search.objective import (
+    DuplicateRecipe,
+    SearchContext,
+    SearchInterrupted,
+    run_trial,
+)
 from lightning_prune.search.optuna_private import heartbeat
 from lightning_prune.search.retries import fail_stale
 from lightning_prune.search.study_factory import open_search_study
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
-POLL_S = 1.0
+POLL_MIN_S, POLL_MAX_S = 1.0, 10.0
+MAX_REPEATS = 20  # duplicate recipes in a row before the space is called exhausted
 
 
 def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
@@ -47,16 +58,20 @@ def _tell_failed(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
     study.tell(trial, state=TrialState.FAIL)
 
 
-def _run_one(study: optuna.Study, ctx: SearchContext, n_trials: int) -> None:
+def _run_one(study: optuna.Study, ctx: SearchContext, n_trials: int) -> bool:
+    """Ask for a trial and run it; False when its sampled recipe repeated an earlier one."""
     with ask_lock(ctx.cfg.search.storage):
         trial = study.ask()
     if _surplus(study, trial, n_trials):
         trial.set_user_attr(TrialAttr.SURPLUS, True)
         _tell_failed(study, trial, "surplus: n_trials was reached by other workers")
-        return
+        return True
     with heartbeat(study, trial):
         try:
             values = run_trial(trial, ctx)
+        except DuplicateRecipe as err:
+            _tell_failed(study, trial, str(err))
+            return False
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
         except SearchInterrupted:
@@ -70,12 +85,15 @@ def _run_one(study: optuna.Study, ctx: SearchContext, n_trials: int) -> None:
             _tell_failed(study, trial, reason)
         else:
             study.tell(trial, values)
+    return True
 
 
 def work(study: optuna.Study, ctx: SearchContext, deadline: float | None = None) -> str:
-    """Run trials until the study holds `n_trials`; returns done / interrupted / timeout."""
+    """Run trials until the study holds `n_trials`; returns done / interrupted / timeout, or
+    incomplete when the sampler keeps repeating recipes (a small space, exhausted)."""
     search = ctx.cfg.search
     n_trials = int(search.n_trials)
+    poll, seen, repeats = POLL_MIN_S, None, 0
     while True:
         if ctx.stop_event.is_set():
             return "interrupted"
@@ -83,16 +101,26 @@ def work(study: optuna.Study, ctx: SearchContext, deadline: float | None = None)
             return "timeout"
         fail_stale(study, search)
         trials = counted_trials(study.get_trials(deepcopy=False))
-        if sum(t.state.is_finished() for t in trials) >= n_trials:
+        finished = sum(t.state.is_finished() for t in trials)
+        if finished >= n_trials:
             return "done"
         waiting = any(t.state == TrialState.WAITING for t in trials)
         if len(trials) >= n_trials and not waiting:  # the rest run elsewhere: wait for them
-            time.sleep(POLL_S)
+            poll = POLL_MIN_S if (finished, len(trials)) != seen else min(2 * poll, POLL_MAX_S)
+            seen = finished, len(trials)
+            ctx.stop_event.wait(poll)
             continue
         try:
-            _run_one(study, ctx, n_trials)
+            repeats = 0 if _run_one(study, ctx, n_trials) else repeats + 1
         except SearchInterrupted:
             return "interrupted"
+        if repeats >= MAX_REPEATS:
+            print(
+                f"search: {repeats} sampled recipes in a row repeated earlier trials; the "
+                "search space looks exhausted, stopping this worker",
+                flush=True,
+            )
+            return "incomplete"
 
 
 def torch_threads(search: DictConfig) -> int:
@@ -122,7 +150,8 @@ def install_sigint(stop_event: threading.Event, announce: bool = True, abort: bo
 
 
 def worker_main(cfg_dict: dict, parent_run_id: str, index: int, deadline: float | None) -> None:
-    """Entry point of a local worker process (spawned: fresh interpreter, own threads)."""
+    """Entry point of a local worker process (spawned: fresh interpreter, own threads);
+    `index` numbers it for the supervisor (sampler seeds come from trial numbers instead)."""
     import logging
 
     import torch
@@ -134,6 +163,6 @@ def worker_main(cfg_dict: dict, parent_run_id: str, index: int, deadline: float 
     torch.set_num_threads(torch_threads(cfg.search))
     ctx = SearchContext(cfg, space.parse_space(cfg), parent_run_id)
     install_sigint(ctx.stop_event, announce=False, abort=False)
-    study = open_search_study(cfg, offset=index)
+    study = open_search_study(cfg)
     outcome = work(study, ctx, deadline)
     raise SystemExit(130 if outcome == "interrupted" else 0)
