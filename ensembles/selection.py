@@ -2,17 +2,21 @@
 
 Read-only on the study: trials are listed and their checkpoints loaded, nothing is
 written back. Diversity can favour distinct recipes or members that disagree on
-validation data, because averaging near-identical models gains nothing.
+validation data, because averaging near-identical models gains nothing. Duplicates are
+never taken: a member whose weights (or, with "agreement", whose validation predictions)
+equal a chosen one's is left out with a note, and the next-ranked trial is taken.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
+import torch
 from lightning_prune.ensembles.predictions import accuracy, agreement, collect_log_probs
 from lightning_prune.search.contract import (
     CHECKPOINT_NAME,
@@ -153,21 +157,70 @@ def load_member(
     )
 
 
+def fingerprint(model: nn.Module) -> str:
+    """A digest of every tensor in the model's state dict: equal digests, equal models."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _duplicate_note(left_out: int, kept: Member, same_params: bool, what: str) -> str:
+    why = f"same parameters and {what}" if same_params else what
+    return (
+        f"left out trial {left_out}: a duplicate of trial {kept.trial} ({why}); "
+        "took the next-ranked trial instead"
+    )
+
+
+def _distinct(trials: list[FrozenTrial], limit: int, load, notes: list[str]) -> list[Member]:
+    """Load `trials` in order (`load(trial)`) until `limit` members with distinct weights."""
+    kept: dict[str, Member] = {}
+    for trial in trials:
+        if len(kept) == limit:
+            break
+        member = load(trial)
+        key = fingerprint(member.model)
+        if key in kept:
+            same = kept[key].params == member.params
+            notes.append(_duplicate_note(trial.number, kept[key], same, "identical weights"))
+            continue
+        kept[key] = member
+    return list(kept.values())
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Equal log-probabilities up to float rounding (e.g. the same network, units reordered)."""
+    return torch.allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def _by_agreement(
-    members: list[Member], val_loader: Iterable, k: int, weight: float
+    members: list[Member], val_loader: Iterable, k: int, weight: float, notes: list[str]
 ) -> list[Member]:
     """Greedy: start from the best; add the member with the best val accuracy minus
-    `weight` x its mean prediction agreement with those already chosen."""
+    `weight` x its mean prediction agreement with those already chosen. A member that
+    predicts exactly what a chosen one does is never added."""
     log_probs, labels = collect_log_probs(
         [m.model for m in members], val_loader, [m.name for m in members]
     )
     acc = accuracy(log_probs, labels)
     agree = agreement(log_probs.argmax(-1))
-    chosen = [0]
-    while len(chosen) < min(k, len(members)):
-        left = [i for i in range(len(members)) if i not in chosen]
+    chosen, copies = [0], set()
+    while len(chosen) < min(k, len(members) - len(copies)):
+        left = [i for i in range(len(members)) if i not in chosen and i not in copies]
         score = {i: float(acc[i] - weight * agree[i, chosen].mean()) for i in left}
-        chosen.append(max(left, key=lambda i: (score[i], -i)))
+        pick = max(left, key=lambda i: (score[i], -i))
+        twin = next((j for j in chosen if _same(log_probs[pick], log_probs[j])), None)
+        if twin is None:
+            chosen.append(pick)
+            continue
+        copies.add(pick)
+        same = members[pick].params == members[twin].params
+        notes.append(
+            _duplicate_note(members[pick].trial, members[twin], same, "identical predictions")
+        )
     return [members[i] for i in chosen]
 
 
@@ -186,7 +239,8 @@ def select_members(
     """Top-k finished, feasible trials of `study`, loaded from their checkpoints.
 
     Args:
-        k: number of members wanted (>= 1); fewer are used, with a note, when fewer exist.
+        k: number of members wanted (>= 1); fewer are used, with a note, when fewer distinct
+            ones exist.
         diversity: "none" (top-k by objective), "recipe" (distinct categorical choices
             first) or "agreement" (low prediction agreement on `val_loader`).
         pool: candidates considered for "agreement" (default 2k).
@@ -216,9 +270,19 @@ def select_members(
         notes.append(f"skipped {finished - len(ranked)} finished trial(s) that are infeasible")
     uri = tracking_uri or tracking_of(study).uri
     folder = Path(download_dir)
+
+    def load(trial: FrozenTrial) -> Member:
+        return load_member(trial, uri, folder, allow)
+
     if diversity == "agreement":
-        candidates = ranked[: max(pool or 2 * k, k)]
-        loaded = [load_member(t, uri, folder, allow) for t in candidates]
-        return Selection(_by_agreement(loaded, val_loader, k, diversity_weight), notes)
-    chosen = _by_recipe(ranked, k) if diversity == "recipe" else ranked[:k]
-    return Selection([load_member(t, uri, folder, allow) for t in chosen], notes)
+        loaded = _distinct(ranked, max(pool or 2 * k, k), load, notes)
+        chosen = _by_agreement(loaded, val_loader, k, diversity_weight, notes)
+    else:
+        order = _by_recipe(ranked, len(ranked)) if diversity == "recipe" else ranked
+        chosen = _distinct(order, k, load, notes)
+    if len(ranked) >= k > len(chosen):
+        notes.append(
+            f"asked for k={k} members but study {study.study_name!r} has only {len(chosen)} "
+            f"distinct finished feasible trial(s); using {len(chosen)}"
+        )
+    return Selection(chosen, notes)
