@@ -35,6 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from lightning_prune import run_names
 from lightning_prune.config import ConfigError
+from lightning_prune.preflight import check_data
 from lightning_prune.pruning.stats import nonzero_params
 from lightning_prune.targets import UntrustedTargetError, allow_targets, safe_instantiate
 
@@ -102,7 +103,7 @@ def _datamodule(cfg: DictConfig, study: optuna.Study) -> pl.LightningDataModule:
         raise
     except Exception as err:
         raise ConfigError(f"data: {err}") from None
-    datamodule.prepare_data()
+    check_data(datamodule)  # the recorded data folder may be gone: one line, exit 2
     return datamodule
 
 

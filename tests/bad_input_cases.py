@@ -120,7 +120,7 @@ CASES: list[Case] = [
     _case("resumed study, every new trial fails", "search", *FAST, "search.study_name=resumed", "search.n_trials=2", "data.num_train=64", "data.num_val=32", "data.num_test=32",
           "search.space.criterion.choices=[nonsense]", code=1, fragment="study 'resumed': every trial this run finished failed (1 complete, 0 pruned, 1 failed in the study); last failure (trial 1): ConfigError: pruning: criterion must be one of"),
     _case("corrupt ensemble file read by report", "report", "search.study_name=kept", fragment="runs/ensembles/kept-optimized.pt cannot be read"),
-    _case("study's recorded data gone", "ensemble", "ensemble.study_name=kept", code=1, fragment="DataNotFoundError: data.data_dir=recorded-data-gone"),
+    _case("study's recorded data gone", "ensemble", "ensemble.study_name=kept", fragment="data.data_dir=recorded-data-gone: recorded-data-gone does not exist"),
 ]  # fmt: skip
 
 
