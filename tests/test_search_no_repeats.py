@@ -88,13 +88,13 @@ def postgres_url():
 
 def test_two_commands_started_together_on_an_empty_database_share_the_study(tmp_path, postgres_url):
     args = tiny(
-        tmp_path,
-        f"search.storage={postgres_url}",
-        "search.study_name=together",
-        "search.n_trials=4",
-        "search.dense_reference=false",
+        tmp_path, "search.study_name=together", "search.n_trials=4", "search.dense_reference=false"
     )
-    procs = [cli("search", *args, cwd=tmp_path) for _ in range(2)]  # two machines, worker 0
+    bare = postgres_url.replace("postgresql+psycopg2://", "")
+    procs = [  # two machines, each worker 0, with the README's spellings of one database
+        cli("search", *args, f"search.storage={scheme}://{bare}", cwd=tmp_path)
+        for scheme in ("postgresql", "postgres")
+    ]
     outputs = [proc.communicate(timeout=300)[0] for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0], "\n".join(outputs)[-4000:]
     study = load_study(postgres_url, "together")
