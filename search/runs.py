@@ -240,14 +240,17 @@ def _summarise(client: MlflowClient, run_id: str, study: optuna.Study) -> None:
     _log_plots(client, run_id, study)
 
 
-def finish_parent(cfg: DictConfig, study: optuna.Study, run_id: str, interrupted: bool) -> None:
+def finish_parent(
+    cfg: DictConfig, study: optuna.Study, run_id: str, interrupted: bool, failed: bool = False
+) -> None:
     """Summarise and end the parent run: KILLED when Ctrl-C stopped the search, FAILED when
-    the summary itself fails (the error still propagates), else FINISHED."""
+    the search failed (an error, or no trial completed) or the summary itself fails (the
+    error still propagates), else FINISHED."""
     client = MlflowClient(cfg.tracking.uri)
     status = "FAILED"
     try:
         _summarise(client, run_id, study)
-        status = "KILLED" if interrupted else "FINISHED"
+        status = "KILLED" if interrupted else "FAILED" if failed else "FINISHED"
     finally:
         retry(client.set_terminated, run_id, status)
         tracking.ended(run_id)

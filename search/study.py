@@ -10,6 +10,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ from lightning_prune.search.contract import (
     counted_trials,
     parse_storage,
 )
+from lightning_prune.search.demand import shape_space
 from lightning_prune.search.dense import ensure_dense_reference
 from lightning_prune.search.objective import DEMANDS, SearchContext
 from lightning_prune.search.progress import StudyProgress
@@ -199,13 +201,21 @@ def run_search(cfg: DictConfig) -> optuna.Study:
     stated demand (feasible when all <= 0), so `study.best_trial` is the best feasible one.
     Pareto: `trial.values` = [val_acc, sparsity] (or [val_acc, latency_ms]).
     """
-    params = validate(cfg)
+    validate(cfg)
+    cfg, changes = shape_space(cfg)  # only what can meet the demand is sampled
+    params = space.parse_space(cfg)
+    for change in changes:
+        print(f"search space: {change}", file=sys.stderr)
     preflight(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(cfg)
     parent_run_id = runs.start_parent(cfg, study)
-    if cfg.search.get("dense_reference", True):
-        ensure_dense_reference(cfg, study, parent_run_id)
+    try:
+        if cfg.search.get("dense_reference", True):
+            ensure_dense_reference(cfg, study, parent_run_id)
+    except BaseException:
+        runs.finish_parent(cfg, study, parent_run_id, interrupted=False, failed=True)
+        raise
     ctx = SearchContext(cfg, params, parent_run_id)
     timeout = cfg.search.timeout
     deadline = time.time() + float(timeout) if timeout is not None else None
@@ -223,10 +233,17 @@ def run_search(cfg: DictConfig) -> optuna.Study:
                 workers = range(int(cfg.search.workers))
                 procs = [_spawn(cfg, parent_run_id, i, deadline) for i in workers]
                 outcome = _supervise(cfg, study, procs, ctx.stop_event, parent_run_id, deadline)
+        outcome = _judged(study, outcome, first_new)
+    except Exception:
+        outcome = "error"
+        raise
     finally:
         torch.set_num_threads(threads)
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
-        runs.finish_parent(cfg, study, parent_run_id, interrupted=outcome == "interrupted")
-    study.set_user_attr(StudyAttr.LAST_OUTCOME, _judged(study, outcome, first_new))
+        runs.finish_parent(
+            cfg, study, parent_run_id, interrupted=outcome == "interrupted",
+            failed=outcome in ("error", "failed"),
+        )  # fmt: skip
+    study.set_user_attr(StudyAttr.LAST_OUTCOME, outcome)
     return study

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+from lightning_prune.search import run_search
 from lightning_prune.search.demand import nm_sparsity, shape_space, sparsity_floor
+from optuna.trial import TrialState
 
 from lightning_prune.config import ConfigError, load_config
+from tests.search_helpers import tiny
 
 
 def _space(*overrides: str):
@@ -77,3 +80,17 @@ def test_latency_below_the_dense_model_keeps_only_structured():
 def test_a_demand_nothing_can_meet_fails_before_training(overrides, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         shape_space(load_config(overrides))
+
+
+def test_a_search_samples_only_what_can_meet_the_demand(tmp_path, capsys):
+    cfg = load_config(
+        tiny(tmp_path, "search.demand.min_sparsity=0.9", "search.n_trials=4",
+             "search.dense_reference=false", "search.pruner.kind=none")
+    )  # fmt: skip
+    study = run_search(cfg)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(trials) == 4
+    assert all(t.params["granularity"] != "n:m" for t in trials)
+    assert all(t.params["target_sparsity"] >= 0.9 for t in trials)
+    assert all(t.user_attrs["feasible"] for t in trials)  # nothing trained in vain
+    assert "search space: n:m left out" in capsys.readouterr().err
