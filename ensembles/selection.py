@@ -72,7 +72,8 @@ class Selection:
 def open_study(storage: str, study_name: str | None) -> optuna.Study:
     """Load an existing study (never create one); errors name the studies that exist.
 
-    `storage`: sqlite:///..., journal:///... (or a path ending in .journal), postgresql://...
+    `storage`: sqlite:///..., journal://rel/x.journal or journal:///abs/x.journal (or a path
+    ending in .journal), postgresql://...
     """
     try:
         return load_study(storage, study_name, create_storage=False)

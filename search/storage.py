@@ -1,19 +1,6 @@
-"""Study storages: what a `search.storage` URL names, and opening it.
-
-URL rules (`parse_storage`):
-
-- `sqlite:///runs/optuna.db` is relative to the working directory, `sqlite:////abs/optuna.db`
-  absolute (SQLAlchemy's rule). One process.
-- `journal:///abs/optuna.journal` is absolute, as in a URL (`journal:////abs/...` means the
-  same); `journal:runs/optuna.journal`, `journal://runs/optuna.journal` and a bare path ending
-  in `.journal` are relative. Several processes on one machine.
-- `postgresql://`, `postgres://` and `postgres+psycopg2://` open with psycopg2 (installed with
-  this package), i.e. become `postgresql+psycopg2://`; SQLAlchemy 2.1 would otherwise pick the
-  psycopg 3 driver, which is not installed. A URL naming another driver is kept as given. Many
-  machines.
-
-Server databases are opened without a connection pool (see `make_storage`), and processes
-started together on an empty database create its schema once (`_create_rdb`).
+"""Study storages: what a `search.storage` URL names (`parse_storage`, rules there), and
+opening it (`make_storage`). Server databases are opened without a connection pool, and
+processes started together on an empty database create its schema once (`_create_rdb`).
 """
 
 from __future__ import annotations
@@ -84,7 +71,18 @@ def _server_url(scheme: str, rest: str) -> str:
 
 
 def parse_storage(url: str) -> StorageURL:
-    """What `url` names (rules in the module docstring); ConfigError for anything else."""
+    """What `url` names; ConfigError for anything else.
+
+    - `sqlite:///runs/optuna.db` is relative to the working directory, `sqlite:////abs/o.db`
+      absolute (SQLAlchemy's rule). One process.
+    - `journal:///abs/optuna.journal` is absolute, as in a URL (`journal:////abs/...` means
+      the same); `journal://runs/optuna.journal`, `journal:runs/optuna.journal` and a bare
+      path ending in `.journal` are relative. Several processes on one machine.
+    - `postgresql://`, `postgres://` and `postgres+psycopg2://` open with psycopg2 (installed
+      with this package): `.url` is `postgresql+psycopg2://` and the rest of the URL as given.
+      SQLAlchemy 2.1 would pick the psycopg 3 driver, which is not installed. A URL naming
+      another driver (`postgresql+psycopg://`, `mysql+pymysql://`) is kept. Many machines.
+    """
     journal = _JOURNAL.fullmatch(url)
     if journal:
         return StorageURL(url, "journal", _journal_path(journal["rest"]))
