@@ -8,9 +8,10 @@ import optuna
 import pytest
 import torch
 from lightning_prune.ensembles import select_members
-from lightning_prune.search import load_study, space
-from lightning_prune.search.contract import TrialAttr, make_storage
+from lightning_prune.search import load_study, run_search, space
+from lightning_prune.search.contract import StudyAttr, TrialAttr, make_storage
 from lightning_prune.search.study_factory import make_sampler
+from lightning_prune.search.worker import MAX_REPEATS
 from optuna.trial import TrialState
 
 from lightning_prune.checkpoint import load_model, save_model
@@ -72,6 +73,22 @@ def test_a_resumed_search_trains_no_recipe_twice_and_refuses_an_exact_repeat(tmp
     ]  # only the planted repeat: the sampler itself never drew one
     assert "repeat trial 0" in refused[0].user_attrs[TrialAttr.FAIL_REASON]
     assert TrialAttr.MLFLOW_RUN_ID not in refused[0].user_attrs  # refused before training
+
+
+def test_an_exhausted_space_stops_the_search_instead_of_repeating_recipes(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space_of_two = (
+        "+search.space={criterion: {target: pruning.criterion, choices: [magnitude, taylor]}}"
+    )
+    cfg = load_config(
+        tiny(tmp_path, "~search.space", space_of_two, "search.n_trials=4",
+             "search.dense_reference=false")
+    )  # fmt: skip
+    study = run_search(cfg)
+    assert sorted(_recipes(study)) == [(("criterion", "magnitude"),), (("criterion", "taylor"),)]
+    refused = [t for t in study.trials if TrialAttr.DUPLICATE_OF in t.user_attrs]
+    assert len(refused) >= MAX_REPEATS and {t.state for t in refused} == {TrialState.FAIL}
+    assert study.user_attrs[StudyAttr.LAST_OUTCOME] == "incomplete"
 
 
 @pytest.fixture
