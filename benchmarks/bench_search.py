@@ -23,7 +23,7 @@ from pathlib import Path
 
 import optuna
 from common import results_dir  # noqa: E402  (benchmarks/ is on sys.path)
-from lightning_prune.search import TrialAttr, best_trials, run_search
+from lightning_prune.search import TrialAttr, best_trials, curve_of, run_search
 from lightning_prune.search.pruners import build_pruner
 from optuna.trial import TrialState
 
@@ -103,7 +103,7 @@ def summarise(study: optuna.Study, wall: float) -> dict:
         "curves": [
             (
                 t.number,
-                t.user_attrs.get(TrialAttr.CURVE, []),
+                curve_of(t),
                 t.user_attrs.get(TrialAttr.FEASIBLE),
                 t.value,
             )

@@ -29,7 +29,7 @@ import warnings
 
 import optuna
 from common import results_dir  # noqa: E402  (benchmarks/ is on sys.path)
-from lightning_prune.search import TrialAttr, run_search
+from lightning_prune.search import TrialAttr, curve_of, run_search
 from lightning_prune.search.demand import shape_space
 from lightning_prune.search.pruners import build_pruner
 from optuna.trial import TrialState
@@ -70,7 +70,7 @@ def collect(seeds: list[int], trials: int, epochs: int) -> None:
                 {
                     "number": t.number,
                     "params": t.params,
-                    "curve": t.user_attrs.get(TrialAttr.CURVE) or [],
+                    "curve": curve_of(t),
                     "val_acc": t.user_attrs.get(TrialAttr.VAL_ACC),
                     "test_acc": t.user_attrs.get(TrialAttr.TEST_ACC),
                     "feasible": bool(t.user_attrs.get(TrialAttr.FEASIBLE)),

@@ -8,7 +8,8 @@ Public API:
   trials that were at least as sparse at the same validation.
 - The study contract (:mod:`lightning_prune.search.contract`), for everything that reads a
   study: :func:`load_study`, :class:`TrialAttr` / :class:`StudyAttr` (attribute keys),
-  :func:`is_feasible`, :func:`ranked_trials`, :func:`best_trials`, :func:`state_counts`,
+  :func:`is_feasible`, :func:`curve_of`, :func:`ranked_trials`, :func:`best_trials`,
+  :func:`state_counts`,
   :func:`tracking_of` (the study's MLflow runs).
 - :func:`optuna_figures` -- Optuna's own plots of a study (used by the report too).
 """
@@ -23,6 +24,7 @@ from lightning_prune.search.contract import (
     StudyTracking,
     TrialAttr,
     best_trials,
+    curve_of,
     is_feasible,
     load_study,
     parse_storage,
@@ -46,6 +48,7 @@ __all__ = [
     "TrialAttr",
     "TrialReporter",
     "best_trials",
+    "curve_of",
     "is_feasible",
     "load_study",
     "optuna_figures",

@@ -14,7 +14,7 @@ import math
 import statistics
 
 import optuna
-from lightning_prune.search.contract import CurvePoint, TrialAttr
+from lightning_prune.search.contract import CurvePoint, curve_of
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -23,7 +23,7 @@ PRUNERS = ("matched", "bound", "median", "halving", "hyperband", "none")
 
 def sparsity_at(trial: FrozenTrial, step: int) -> float:
     """The trial's sparsity at its validation `step` (from the live `curve` user attribute)."""
-    curve = trial.user_attrs.get(TrialAttr.CURVE) or []
+    curve = curve_of(trial)
     if step < len(curve):
         value = curve[step].get(CurvePoint.SPARSITY)
         return 0.0 if value is None else float(value)
@@ -91,15 +91,12 @@ class SparsityMatchedPruner(optuna.pruners.BasePruner):
         self.n_startup_trials, self.n_warmup_steps = n_startup_trials, n_warmup_steps
         self.n_min_trials, self.slack = n_min_trials, slack
 
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+    def _judge(self, study: optuna.Study, trial: FrozenTrial) -> dict | None:
+        """The numbers behind a judgement at the trial's last step, or None if none is due."""
         step = trial.last_step
-        if step is None or step < self.n_warmup_steps:
-            return False
-        if not math.isfinite(trial.intermediate_values[step]):
-            return True  # diverged: see the class docstring
         completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if not completed or len(completed) < self.n_startup_trials:
-            return False
+            return None
         own = sparsity_at(trial, step)
         matched = [
             t.intermediate_values[step]
@@ -109,12 +106,54 @@ class SparsityMatchedPruner(optuna.pruners.BasePruner):
             and sparsity_at(t, step) >= own - self.slack
         ]
         if len(matched) < self.n_min_trials:
-            return False
+            return None
         reported = [v for v in trial.intermediate_values.values() if math.isfinite(v)]
         maximize = study.direction == StudyDirection.MAXIMIZE
         best = max(reported) if maximize else min(reported)  # as Optuna's MedianPruner
         median = statistics.median(matched)
-        return best < median if maximize else best > median
+        below = best < median if maximize else best > median
+        return {"step": step, "best": best, "median": median, "peers": len(matched),
+                "sparsity": own, "stop": below}  # fmt: skip
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        step = trial.last_step
+        if step is None or step < self.n_warmup_steps:
+            return False
+        if not math.isfinite(trial.intermediate_values[step]):
+            return True  # diverged: see the class docstring
+        judged = self._judge(study, trial)
+        return judged is not None and judged["stop"]
+
+    def explain(self, study: optuna.Study, trial: FrozenTrial) -> str:
+        """Why the trial was stopped, with the numbers."""
+        step = trial.last_step
+        if step is not None and not math.isfinite(trial.intermediate_values[step]):
+            return f"non-finite value at validation {step}: the weights diverged"
+        j = self._judge(study, trial)
+        if j is None:
+            return ""
+        return (
+            f"below the matched median at validation {j['step']}: best so far "
+            f"{j['best']:.4f} vs median {j['median']:.4f} of {j['peers']} finished trials at "
+            f"least as sparse (>= {j['sparsity'] - self.slack:.3f})"
+        )
+
+
+def stop_reason(study: optuna.Study, number: int) -> str:
+    """Why the study's pruner stopped trial `number`, in words and numbers (the rules of this
+    module explain themselves; Optuna's own say which rule and where)."""
+    running = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if t.number == number
+    ]
+    explain = getattr(study.pruner, "explain", None)
+    if running and callable(explain):
+        text = explain(study, running[0])
+        if text:
+            return text
+    step = running[0].last_step if running else None
+    return f"below {type(study.pruner).__name__}'s threshold at validation {step}"
 
 
 def build_pruner(kind: str, n_startup_trials: int, n_warmup_steps: int):

@@ -7,7 +7,6 @@ Trainer to stop; the objective raises TrialPruned once `fit` has returned.
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
 from collections.abc import Callable
@@ -15,7 +14,8 @@ from typing import Any
 
 import optuna
 import pytorch_lightning as pl
-from lightning_prune.search.contract import CurvePoint, TrialAttr, curve_of, curve_point_key
+from lightning_prune.search.contract import CurvePoint, TrialAttr, curve_point_key
+from lightning_prune.search.pruners import stop_reason
 from pytorch_lightning.utilities.types import STEP_OUTPUT
 from typing_extensions import override
 
@@ -44,8 +44,8 @@ class TrialReporter(pl.Callback):
 
     Steps reported to Optuna are validation indices (0, 1, ...), the same for every trial of
     a study. Each validation writes its own curve point (`curve/0007`: one small write, not
-    the whole growing curve) and the whole curve is written once when `fit` ends; pruners
-    that read the live curve get it through `LiveCurve` (`SparsityMatchedPruner`). After
+    the whole growing curve) and the whole curve is written once when `fit` ends; readers
+    use `contract.curve_of`, which assembles either form. After
     `fit`: `pruned_at` is the global step at which the pruner stopped the trial (or None),
     `interrupted` tells whether `stop_event` stopped it, `curve` holds every point.
     """
@@ -150,9 +150,7 @@ class TrialReporter(pl.Callback):
             return
         self.trial.report(value, step=len(self.curve) - 1)
         if self.trial.should_prune():
-            self._stop_pruned(
-                trainer, f"below the pruner's threshold at step {trainer.global_step}"
-            )
+            self._stop_pruned(trainer, stop_reason(self.trial.study, self.trial.number))
 
     def _write_curve(self) -> None:
         if self.curve:
@@ -167,17 +165,3 @@ class TrialReporter(pl.Callback):
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
     ) -> None:
         self._write_curve()
-
-
-class LiveCurve(optuna.pruners.BasePruner):
-    """Hands `pruner` the judged trial with its whole `curve`, assembled from the points the
-    reporter writes while the trial runs (SparsityMatchedPruner reads it at each validation)."""
-
-    def __init__(self, pruner: optuna.pruners.BasePruner) -> None:
-        self.pruner = pruner
-
-    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        if TrialAttr.CURVE not in trial.user_attrs:
-            trial = copy.copy(trial)
-            trial.user_attrs = {**trial.user_attrs, TrialAttr.CURVE: curve_of(trial)}
-        return self.pruner.prune(study, trial)

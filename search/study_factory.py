@@ -6,8 +6,7 @@ from __future__ import annotations
 import numpy as np
 import optuna
 from lightning_prune.search.contract import make_storage, quiet_experimental
-from lightning_prune.search.pruners import SparsityMatchedPruner, build_pruner
-from lightning_prune.search.reporter import LiveCurve
+from lightning_prune.search.pruners import build_pruner
 from omegaconf import DictConfig
 from optuna.trial import FrozenTrial
 
@@ -105,16 +104,14 @@ def make_sampler(search: DictConfig) -> optuna.samplers.BaseSampler:
 def make_pruner(search: DictConfig) -> optuna.pruners.BasePruner:
     """The configured pruner. A Pareto study gets NopPruner whatever `search.pruner.kind`
     says: Optuna 5's `Trial.report` and `should_prune` raise in multi-objective studies, so
-    its trials report nothing (see TrialReporter's `enable_pruning`). SparsityMatchedPruner
-    reads the judged trial's curve, which the reporter writes point by point: `LiveCurve`."""
+    its trials report nothing (see TrialReporter's `enable_pruning`)."""
     p = search.pruner
     if search.objective == "pareto":
         return optuna.pruners.NopPruner()
     try:
-        pruner = build_pruner(p.kind, int(p.n_startup_trials), int(p.n_warmup_steps))
+        return build_pruner(p.kind, int(p.n_startup_trials), int(p.n_warmup_steps))
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    return LiveCurve(pruner) if isinstance(pruner, SparsityMatchedPruner) else pruner
 
 
 def open_search_study(cfg: DictConfig) -> optuna.Study:

@@ -8,7 +8,7 @@ import math
 import optuna
 import pytest
 from lightning_prune.search.bound_pruner import CannotWinPruner, metric_noise
-from lightning_prune.search.pruners import build_pruner
+from lightning_prune.search.pruners import build_pruner, stop_reason
 from optuna.trial import TrialState
 
 
@@ -105,3 +105,19 @@ def test_a_non_finite_value_stops_at_once(value):
 def test_bad_arguments_name_themselves(kwargs, name):
     with pytest.raises(ValueError, match=name):
         CannotWinPruner(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("kind", "expected"),
+    [("bound", "cannot win: best so far 0.5000"), ("matched", "below the matched median at "
+     "validation 0: best so far 0.5000 vs median 0.8000 of 3"),
+     ("median", "below MedianPruner's threshold at validation 0")],
+)  # fmt: skip
+def test_a_stopped_trial_says_why_with_the_numbers(kind, expected):
+    study = optuna.create_study(direction="maximize", pruner=build_pruner(kind, 3, 0))
+    for value in (0.8, 0.8, 0.8):
+        _complete(study, [value, value])
+    trial = study.ask()
+    trial.report(0.5, 0)
+    assert trial.should_prune()
+    assert expected in stop_reason(study, trial.number)

@@ -20,6 +20,7 @@ from lightning_prune.report.tables import fmt, markdown_table
 from lightning_prune.search import (
     StudyAttr,
     TrialAttr,
+    curve_of,
     is_feasible,
     load_study,
     optuna_figures,
@@ -60,7 +61,7 @@ def _value(trial: FrozenTrial) -> float | None:
             value = trial.values[0]
     if value is None and trial.intermediate_values:
         value = trial.intermediate_values[max(trial.intermediate_values)]
-    curve = trial.user_attrs.get(TrialAttr.CURVE) or []
+    curve = curve_of(trial)
     if value is None and curve and isinstance(curve[-1], dict):
         value = curve[-1].get(TrialAttr.VAL_ACC)
     return value
