@@ -7,17 +7,19 @@ Trainer to stop; the objective raises TrialPruned once `fit` has returned.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import optuna
 import pytorch_lightning as pl
+import torch
 from lightning_prune.search.contract import CurvePoint, TrialAttr, curve_point_key
 from lightning_prune.search.pruners import stop_reason
 from pytorch_lightning.utilities.types import STEP_OUTPUT
 from typing_extensions import override
+
+FINITE_CHECK_STEPS = 50  # steps between looks at the loss's finiteness (one sync each)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -71,6 +73,8 @@ class TrialReporter(pl.Callback):
         self.pruned_reason = ""
         self.interrupted = False
         self.curve: list[dict[str, Any]] = []
+        self._first_bad: torch.Tensor | None = None  # on the loss's device
+        self._any_bad: torch.Tensor | None = None
 
     def _check_stop(self, trainer: pl.Trainer) -> None:
         if self.stop_event is not None and self.stop_event.is_set():
@@ -87,12 +91,28 @@ class TrialReporter(pl.Callback):
         batch_idx: int,
     ) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None and not math.isfinite(float(loss)):
-            raise NonFiniteLossError(
-                f"training loss became {float(loss)} at epoch {trainer.current_epoch}, "
-                f"step {trainer.global_step}"
-            )
+        if isinstance(loss, torch.Tensor):
+            # no host-device sync per step: the first non-finite loss is kept on the device
+            # and looked at every FINITE_CHECK_STEPS steps and at each validation
+            bad = ~torch.isfinite(loss.detach().float())
+            if self._first_bad is None:
+                self._first_bad = torch.where(bad, loss.detach().float(), 0.0)
+                self._any_bad = bad.clone()
+            else:
+                keep = self._any_bad
+                self._first_bad = torch.where(keep | ~bad, self._first_bad, loss.detach().float())
+                self._any_bad = keep | bad
+        if batch_idx % FINITE_CHECK_STEPS == 0:
+            self._raise_if_non_finite(trainer)
         self._check_stop(trainer)
+
+    def _raise_if_non_finite(self, trainer: pl.Trainer) -> None:
+        """One sync: did any training loss since the last check stop being finite?"""
+        if self._any_bad is not None and bool(self._any_bad):
+            raise NonFiniteLossError(
+                f"training loss became {float(self._first_bad)} by epoch "
+                f"{trainer.current_epoch}, step {trainer.global_step}"
+            )
 
     def _ramp_progress(self) -> float:
         return float(getattr(self.pruning, "ramp_progress", 1.0)) if self.pruning else 1.0
@@ -123,6 +143,7 @@ class TrialReporter(pl.Callback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
+        self._raise_if_non_finite(trainer)
         if self.monitor not in trainer.callback_metrics:
             available = ", ".join(sorted(trainer.callback_metrics)) or "none"
             raise RuntimeError(
