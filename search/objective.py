@@ -20,7 +20,7 @@ from lightning_prune.search.contract import CHECKPOINT_NAME, TrialAttr, repeated
 from lightning_prune.search.reporter import TrialReporter
 from lightning_prune.search.retries import worker_id
 from lightning_prune.search.runs import TrialRun
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from lightning_prune.checkpoint import save_model
@@ -88,6 +88,17 @@ def latency_ms(model: nn.Module) -> float:
     return float(measure_latency(model, shape, batch_size=1, repeats=30)["median_ms"])
 
 
+def deployed_latency_ms(model: nn.Module, granularity: str | None) -> float:
+    """Latency of what would be deployed: a structurally pruned model is compacted first
+    (its removed units cost nothing); unstructured and N:M masks keep dense shapes, so those
+    models are timed as they are (zeros are multiplied like any other weight)."""
+    if granularity in ("structured", "heads"):
+        from lightning_prune.export import compact
+
+        model = compact(model, model.example_input_array)
+    return latency_ms(model)
+
+
 def set_constraints(trial: optuna.Trial, demand: dict[str, Any], stats: dict[str, Any]) -> bool:
     """One constraint per stated demand, scaled to be comparable; True when feasible."""
     checks = {
@@ -117,13 +128,15 @@ def _record(trial: optuna.Trial, values: dict[str, Any]) -> None:
         trial.set_user_attr(key, value)
 
 
-def _measure(ctx: SearchContext, model: nn.Module, summary: dict | None) -> dict[str, Any]:
+def _measure(
+    ctx: SearchContext, model: nn.Module, summary: dict | None, granularity: str | None
+) -> dict[str, Any]:
     stats = model_stats(model, summary)
     demand = dict(ctx.cfg.search.demand or {})
     if demand.get("max_latency_ms") is not None or (
         ctx.multi and ctx.cfg.search.pareto_with == "latency"
     ):
-        stats[TrialAttr.LATENCY_MS] = latency_ms(model)
+        stats[TrialAttr.LATENCY_MS] = deployed_latency_ms(model, granularity)
     return stats
 
 
@@ -205,7 +218,8 @@ def _fit(
     trial.set_user_attr(TrialAttr.EPOCHS, len(reporter.curve))
     if reporter.interrupted:
         raise SearchInterrupted()
-    stats = _measure(ctx, result.model, result.pruning)
+    granularity = OmegaConf.select(trial_cfg, "pruning.granularity", default=None)
+    stats = _measure(ctx, result.model, result.pruning, granularity if pruning else None)
     metrics.update({"val_acc": result.metrics.get("val_acc"), **stats})
     _record(trial, {**stats, TrialAttr.VAL_ACC: metrics["val_acc"]})
     feasible = set_constraints(trial, dict(search.demand or {}), stats)

@@ -94,3 +94,15 @@ def test_a_search_samples_only_what_can_meet_the_demand(tmp_path, capsys):
     assert all(t.params["target_sparsity"] >= 0.9 for t in trials)
     assert all(t.user_attrs["feasible"] for t in trials)  # nothing trained in vain
     assert "search space: n:m left out" in capsys.readouterr().err
+
+
+def test_latency_is_measured_on_the_compacted_model(tmp_path):
+    cfg = load_config(
+        tiny(tmp_path, "search.demand.max_latency_ms=0.000001", "search.n_trials=2",
+             "search.dense_reference=false", "search.pruner.kind=none")
+    )  # fmt: skip
+    study = run_search(cfg)
+    trials = study.get_trials(states=(TrialState.COMPLETE,))
+    assert trials and all(t.params["granularity"] == "structured" for t in trials)
+    assert all(t.user_attrs["latency_ms"] > 0 for t in trials)
+    assert not any(t.user_attrs["feasible"] for t in trials)  # nothing runs in a picosecond
