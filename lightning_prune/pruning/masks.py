@@ -43,6 +43,10 @@ class MaskStore:
         }
         self.pruned_float = {n: 1.0 - m for n, m in self._float.items()}
         self._float_list = [self._float[p.name] for p in self.param_list]  # parallel to _weights
+        # the hot path skips weights with nothing pruned (all of them before the ramp starts)
+        pruned = [not bool(self.masks[p.name].all()) for p in self.param_list]
+        self._hot_weights = [w for w, keep in zip(self._weights, pruned, strict=True) if keep]
+        self._hot_masks = [m for m, keep in zip(self._float_list, pruned, strict=True) if keep]
 
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
         """Replace masks (same names and shapes) and refresh the cached float copies."""
@@ -55,12 +59,13 @@ class MaskStore:
     @torch.no_grad()
     def apply_to_weights(self) -> None:
         """Zero every pruned weight in place (exact zeros)."""
-        torch._foreach_mul_(self._weights, self._float_list)
+        if self._hot_weights:
+            torch._foreach_mul_(self._hot_weights, self._hot_masks)
 
     @torch.no_grad()
     def mask_grads(self) -> None:
         """Zero the gradient of every pruned weight so the optimizer does not move it."""
-        pairs = [(w.grad, m) for w, m in zip(self._weights, self._float_list, strict=True)]
+        pairs = [(w.grad, m) for w, m in zip(self._hot_weights, self._hot_masks, strict=True)]
         pairs = [(g, m) for g, m in pairs if g is not None]
         if pairs:
             torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
