@@ -18,7 +18,7 @@ from lightning_prune.search.contract import (
     parse_storage,
 )
 from lightning_prune.search.pruners import SparsityMatchedPruner
-from lightning_prune.search.reporter import LiveCurve, TrialReporter
+from lightning_prune.search.reporter import TrialReporter
 
 from lightning_prune.config import ConfigError, load_config
 from lightning_prune.train import build_components, fit_and_test
@@ -181,11 +181,11 @@ def test_the_curve_is_written_point_by_point_and_reaches_the_matched_pruner(tmp_
 
     class Spy(SparsityMatchedPruner):
         def prune(self, study, trial):
-            judged.append(list(trial.user_attrs[TrialAttr.CURVE]))
+            judged.append(curve_of(trial))  # what SparsityMatchedPruner reads (sparsity_at)
             return False
 
     storage = make_storage(f"sqlite:///{tmp_path}/o.db", heartbeat_interval=None)
-    study = optuna.create_study(storage=storage, direction="maximize", pruner=LiveCurve(Spy()))
+    study = optuna.create_study(storage=storage, direction="maximize", pruner=Spy())
     trial = study.ask()
     components = build_components(cfg)
     reporter = TrialReporter(trial, pruning=components[2])
