@@ -15,7 +15,6 @@ import pytest
 import torch
 
 from lightning_prune.cli import DEBUG_ENV, main
-from lightning_prune.data import DataNotFoundError
 from tests import bad_input_cases as bad
 from tests.conftest import CLI
 
@@ -62,10 +61,21 @@ def test_the_table_is_large_and_has_both_kinds_of_failure():
     assert len({case.name for case in bad.CASES}) == len(bad.CASES)
 
 
-def test_debug_variable_keeps_the_traceback(world, monkeypatch):
+def test_debug_variable_keeps_the_traceback(world, monkeypatch, capsys):
+    """An unexpected failure while running (a disk error injected where the ensemble reads
+    its data) is one line and exit 1, or the whole traceback with LIGHTNING_PRUNE_DEBUG=1."""
+    import lightning_prune.ensembles.run as ensemble_run
+
+    def disk_gone(datamodule):
+        raise OSError(5, "Input/output error", "runs/data")
+
     monkeypatch.chdir(world)
+    monkeypatch.setattr(ensemble_run, "check_data", disk_gone)
+    assert main(["ensemble", f"ensemble.study_name={bad.KEPT_STUDY}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Input/output error" in err[0] and "Traceback" not in err[0]
     monkeypatch.setenv(DEBUG_ENV, "1")
-    with pytest.raises(DataNotFoundError, match="recorded-data-gone"):
+    with pytest.raises(OSError, match="Input/output error"):
         main(["ensemble", f"ensemble.study_name={bad.KEPT_STUDY}"])
 
 

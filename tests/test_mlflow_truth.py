@@ -1,9 +1,10 @@
 """MLflow tells the truth (issue 15.5): curves start at the first validation, stopped trials
 end KILLED, every run type has a telling name, the shared metric names and its provenance.
 
-One tiny study drives it, as a user would: `search` whose only trial cannot meet the demand
-(stopped at its first validation), the same study resumed without the demand (two COMPLETE
-trials), a `train` and an `ensemble`; then the SQLite store is read back with MlflowClient.
+One tiny study drives it, as a user would: `search` with one COMPLETE trial, the study
+resumed with a recipe that cannot learn (stopped by the median rule at its first
+validation), resumed again (a second COMPLETE trial), a `train` and an `ensemble`; then the
+SQLite store is read back with MlflowClient.
 """
 
 from __future__ import annotations
@@ -47,23 +48,19 @@ def store(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("truth")
     commit = _git_repo(tmp)
     args = tiny(tmp, f"search.study_name={STUDY}", ONLY_UNSTRUCTURED)
-    hopeless = [
-        "search.n_trials=1",
-        "search.demand.min_sparsity=0.5",
-        "search.space.target_sparsity.low=0.1",
-        "search.space.target_sparsity.high=0.3",
-    ]
-    feasible = [
-        "search.n_trials=3",
-        "search.space.target_sparsity.low=0.6",
-        "search.space.target_sparsity.high=0.9",
-    ]
+    first = ["search.n_trials=1"]
+    stopped = [  # a learning rate that cannot learn, judged against the first trial
+        "search.n_trials=2", "search.pruner.kind=median", "search.pruner.n_startup_trials=1",
+        "search.space.lr.low=1.0e-9", "search.space.lr.high=2.0e-9",
+    ]  # fmt: skip
+    resumed = ["search.n_trials=3"]
     train = tiny(tmp, "pruning=magnitude_gradual", "pruning.frequency=2")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tmp)
         codes = {
-            "stopped": main(["search", *args, *hopeless]),
-            "search": main(["search", *args, *feasible]),
+            "first": main(["search", *args, *first]),
+            "stopped": main(["search", *args, *stopped]),
+            "search": main(["search", *args, *resumed]),
             "train": main(["train", *train]),
             "ensemble": main(["ensemble", *args, "ensemble.k=2", "ensemble.latency_batch=8"]),
         }  # fmt: skip
@@ -84,10 +81,10 @@ def _steps(client: MlflowClient, run, name: str) -> list[int]:
 
 
 def test_the_commands_ran(store):
-    assert store["codes"]["search"] == 0 and store["codes"]["train"] == 0
-    assert store["codes"]["ensemble"] == 0
+    assert store["codes"]["first"] == 0 and store["codes"]["search"] == 0
+    assert store["codes"]["train"] == 0 and store["codes"]["ensemble"] == 0
     states = [t.state for t in store["study"].trials]
-    assert states == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.COMPLETE]
+    assert states == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE]
     assert all(r.info.status != "RUNNING" for r in store["runs"])
 
 
@@ -109,12 +106,13 @@ def test_trial_curves_start_at_the_first_validation_and_end_with_the_final_value
 
 def test_a_stopped_trial_ends_killed_with_its_state_and_reason(store):
     client = store["client"]
-    stopped, *complete = store["study"].trials
+    first, stopped, last = store["study"].trials
+    complete = [first, last]
     run = client.get_run(stopped.user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED"
     assert run.data.tags["trial_state"] == "PRUNED"
     assert run.data.tags["stop_reason"] == stopped.user_attrs["pruned_reason"]
-    assert "infeasible" in run.data.tags["stop_reason"]
+    assert "below MedianPruner's threshold at validation 0" in run.data.tags["stop_reason"]
     for trial in complete:
         done = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert (done.info.status, done.data.tags["trial_state"]) == ("FINISHED", "COMPLETE")
@@ -150,8 +148,8 @@ def test_the_parent_holds_the_best_feasible_trial_at_the_finished_trials_step(st
     assert parent.data.tags["best_trial"] == str(best.number)
     for name in SHARED:
         assert parent.data.metrics[name] == pytest.approx(best.user_attrs[name]), name
-    assert _steps(client, parent, "val_acc") == [3]  # after 3 finished trials
-    assert _steps(client, parent, "trials_pruned") == [1, 3]  # one point per search
+    assert _steps(client, parent, "val_acc") == [1, 2, 3]  # each search: its finished trials
+    assert _steps(client, parent, "trials_pruned") == [1, 2, 3]  # one point per search
     assert not [name for name in parent.data.metrics if name.startswith("best_")]
 
 
