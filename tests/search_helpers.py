@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -158,3 +160,27 @@ class PostgresServer:
             )
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def group_alive(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes of process group `pgid` (Linux /proc)."""
+    alive = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):  # exited while we read
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            alive.append(int(stat.parent.name))
+    return alive
+
+
+def kill_group(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGKILL a `cli(...)` process and its whole group (its worker processes too), then
+    wait until none of them is left."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=timeout)
+    if proc.stdout is not None:
+        proc.stdout.close()
+    wait_for(lambda: not group_alive(proc.pid), timeout, what=f"process group {proc.pid} gone")
