@@ -74,14 +74,24 @@ def end_trial_runs(
 ) -> int:
     """End the still RUNNING runs of these finished trials (just failed by this process);
     `reason` is for a FAIL trial that carries none. Returns how many were ended."""
-    uri = tracking_of(study).uri
+    where = tracking_of(study)
+    uri = where.uri
     if not uri:
         return 0
     client = MlflowClient(uri)
     count = 0
+    trials = [t for t in trials if t.state.is_finished()]
+    unlinked = [t for t in trials if not t.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)]
+    if unlinked and where.experiment:  # killed between creating its run and recording it
+        for run in running_runs(uri, where.experiment, study.study_name):
+            number = run.data.tags.get(Tag.TRIAL_NUMBER)
+            for trial in unlinked:
+                if run.data.tags.get(Tag.JOB) == "search-trial" and number == str(trial.number):
+                    end_trial_run(uri, run.info.run_id, trial, reason, ended_by)
+                    count += 1
     for trial in trials:
         run_id = trial.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
-        if not run_id or not trial.state.is_finished():
+        if not run_id:
             continue
         try:
             status = tracking.retry(client.get_run, run_id).info.status
