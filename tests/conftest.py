@@ -39,3 +39,11 @@ def fashion_mnist_available() -> bool:
 needs_fmnist = pytest.mark.skipif(
     not fashion_mnist_available(), reason="Fashion-MNIST not installed (make data)"
 )
+
+
+@pytest.fixture
+def postgres_url():
+    """A throwaway PostgreSQL server on 127.0.0.1 (skipped where its binaries are missing)."""
+    from tests.search_helpers import serve_postgres
+
+    yield from serve_postgres()

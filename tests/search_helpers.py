@@ -13,6 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 # Synthetic data, 2 epochs, small trials: the tests check behaviour, not accuracy.
 TINY = [
@@ -184,3 +186,15 @@ def kill_group(proc: subprocess.Popen, timeout: float = 60) -> None:
     if proc.stdout is not None:
         proc.stdout.close()
     wait_for(lambda: not group_alive(proc.pid), timeout, what=f"process group {proc.pid} gone")
+
+
+def serve_postgres():
+    """Fixture body: a throwaway PostgreSQL server's URL, or the test skipped with the reason."""
+    reason = postgres_unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = PostgresServer()
+    try:
+        yield server.start()
+    finally:
+        server.stop()

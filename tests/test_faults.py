@@ -34,11 +34,10 @@ from lightning_prune import tracking
 from lightning_prune.cli import main
 from lightning_prune.config import load_config
 from tests.search_helpers import (
-    PostgresServer,
     StudyWatcher,
     cli,
     kill_group,
-    postgres_unavailable,
+    serve_postgres,
     tiny,
     wait_for,
 )
@@ -61,14 +60,7 @@ def empty_store(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def pg_server():
     """One throwaway PostgreSQL server for the module; each test uses its own study."""
-    reason = postgres_unavailable()
-    if reason:
-        pytest.skip(reason)
-    server = PostgresServer()
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+    yield from serve_postgres()
 
 
 @pytest.fixture

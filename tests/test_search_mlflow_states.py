@@ -33,10 +33,8 @@ from lightning_prune.cli import main
 from lightning_prune.config import load_config
 from lightning_prune.report import run_report
 from tests.search_helpers import (
-    PostgresServer,
     StudyWatcher,
     cli,
-    postgres_unavailable,
     tiny,
     wait_for,
 )
@@ -267,18 +265,6 @@ def test_a_search_that_fails_after_starting_its_runs_leaves_none_running(tmp_pat
     assert parent.info.status == "FAILED"
     assert parent.data.tags["ended_by"] == "exit" and "exited" in parent.data.tags["fail_reason"]
     assert _running(store) == []
-
-
-@pytest.fixture
-def postgres_url():
-    reason = postgres_unavailable()
-    if reason:
-        pytest.skip(reason)
-    server = PostgresServer()
-    try:
-        yield server.start()
-    finally:
-        server.stop()
 
 
 def test_machines_serialise_on_a_server_held_study_lock(postgres_url):

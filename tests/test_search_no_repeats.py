@@ -18,7 +18,7 @@ from lightning_prune.checkpoint import load_model, save_model
 from lightning_prune.config import load_config
 from tests.conftest import run_cli
 from tests.ensemble_helpers import DATA, GuardedData, make_study, train_member
-from tests.search_helpers import PostgresServer, cli, postgres_unavailable, tiny
+from tests.search_helpers import cli, tiny
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 TRAINED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -89,18 +89,6 @@ def test_an_exhausted_space_stops_the_search_instead_of_repeating_recipes(tmp_pa
     refused = [t for t in study.trials if TrialAttr.DUPLICATE_OF in t.user_attrs]
     assert len(refused) >= MAX_REPEATS and {t.state for t in refused} == {TrialState.FAIL}
     assert study.user_attrs[StudyAttr.LAST_OUTCOME] == "incomplete"
-
-
-@pytest.fixture
-def postgres_url():
-    reason = postgres_unavailable()
-    if reason:
-        pytest.skip(reason)
-    server = PostgresServer()
-    try:
-        yield server.start()
-    finally:
-        server.stop()
 
 
 def test_two_commands_started_together_on_an_empty_database_share_the_study(tmp_path, postgres_url):

@@ -7,17 +7,14 @@ import os
 import signal
 import threading
 
-import pytest
 from lightning_prune.search import load_study, run_search
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
 from lightning_prune.config import load_config
 from tests.search_helpers import (
-    PostgresServer,
     StudyWatcher,
     cli,
-    postgres_unavailable,
     tiny,
     wait_for,
 )
@@ -67,18 +64,6 @@ def test_local_workers_share_a_journal_and_survive_a_killed_worker(tmp_path, mon
     assert len(workers) >= 2  # the trials really ran in several processes
     assert "died" in study.trials[victim.number].user_attrs["fail_reason"]
     _check_whole(study, 4, victim.number, f"sqlite:///{tmp_path}/mlflow.db")
-
-
-@pytest.fixture
-def postgres_url():
-    reason = postgres_unavailable()
-    if reason:
-        pytest.skip(reason)
-    server = PostgresServer()
-    try:
-        yield server.start()
-    finally:
-        server.stop()
 
 
 def test_machines_join_through_postgres_and_heartbeats_retry_a_killed_worker(

@@ -23,7 +23,6 @@ from lightning_prune.search.reporter import TrialReporter
 from lightning_prune.config import ConfigError, load_config
 from lightning_prune.train import build_components, fit_and_test
 from tests.conftest import REPO
-from tests.search_helpers import PostgresServer, postgres_unavailable
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -84,18 +83,6 @@ def test_url_checks_accept_postgres_and_refuse_what_cannot_work():
 def test_a_missing_database_driver_is_named_not_raised_raw():
     with pytest.raises(ConfigError, match=r"no database driver for 'mysql'.*psycopg2"):
         make_storage("mysql://u@127.0.0.1:1/db", heartbeat_interval=None)
-
-
-@pytest.fixture
-def postgres_url():
-    reason = postgres_unavailable()
-    if reason:
-        pytest.skip(reason)
-    server = PostgresServer()
-    try:
-        yield server.start()
-    finally:
-        server.stop()
 
 
 def _query(url: str, sql: str) -> tuple:
