@@ -94,13 +94,21 @@ def end_trial_runs(
         if not run_id:
             continue
         try:
-            status = tracking.retry(client.get_run, run_id).info.status
+            run = tracking.retry(client.get_run, run_id)
         except MlflowException:  # recorded in another store, or deleted for good
             continue
-        if status == "RUNNING":
+        if run.info.status == "RUNNING" or _disagrees(run, trial):
             end_trial_run(uri, run_id, trial, reason, ended_by)
             count += 1
     return count
+
+
+def _disagrees(run: Run, trial: FrozenTrial) -> bool:
+    """A run ended by its worker in a state the trial never reached in Optuna: the worker
+    was killed after ending its run and before Optuna recorded the result."""
+    if trial.number != int(run.data.tags.get(Tag.TRIAL_NUMBER, -1)):
+        return False  # a retry's inherited run id: the original's run is the original's
+    return run.data.tags.get(Tag.STATE) not in (None, trial.state.name)
 
 
 def running_runs(uri: str, experiment: str, study_name: str) -> list[Run]:

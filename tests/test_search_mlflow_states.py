@@ -87,7 +87,8 @@ def resumed(tmp_path_factory, empty_store):
     """A search SIGKILLed during its first trial, then resumed to the end by the same command."""
     tmp = tmp_path_factory.mktemp("killed")
     shutil.copy(empty_store, tmp / "mlflow.db")
-    args = tiny(tmp, "search.study_name=kill", "search.n_trials=2", "search.pruner.kind=none",
+    args = tiny(tmp, "search.study_name=kill", "search.n_trials=2", "search.max_trials=2",
+                "search.pruner.kind=none",
                 "search.dense_reference=false", "search.heartbeat_interval=1",
                 "search.grace_period=2")  # fmt: skip
     storage, uri = f"sqlite:///{tmp}/optuna.db", f"sqlite:///{tmp}/mlflow.db"
@@ -202,6 +203,29 @@ def test_the_worker_that_reaps_a_dead_workers_trial_ends_its_run(tmp_path, store
     assert f"worker {socket.gethostname()}:{gone.pid} died" in run.data.tags["fail_reason"]
     runs.finish_parent(cfg, study, parent, interrupted=False)
     assert _running(cfg.tracking.uri) == []
+
+
+def test_a_run_ended_complete_by_a_worker_killed_before_optuna_heard_is_corrected(tmp_path, store):
+    """Killed between ending its MLflow run and Optuna's `tell`: the run says FINISHED and
+    COMPLETE, Optuna fails the trial; the reaper brings the run into the trial's state."""
+    cfg = load_config(tiny(tmp_path, f"search.storage=journal:///{tmp_path}/optuna.journal",
+                           "search.study_name=late"))  # fmt: skip
+    study = open_search_study(cfg)
+    parent = runs.start_parent(cfg, study)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    trial = study.ask()
+    trial.set_user_attr(TrialAttr.WORKER, f"{socket.gethostname()}:{gone.pid}")
+    run_id = _leftover_run(cfg, parent, job="search-trial", trial_number=str(trial.number))
+    trial.set_user_attr(TrialAttr.MLFLOW_RUN_ID, run_id)
+    tracking.end_run(cfg.tracking.uri, run_id, "FINISHED", {"trial_state": "COMPLETE"})
+
+    assert fail_stale(study, cfg.search) == 1
+
+    run = MlflowClient(cfg.tracking.uri).get_run(run_id)
+    assert (run.info.status, run.data.tags["trial_state"]) == ("FAILED", "FAIL")
+    assert "died" in run.data.tags["fail_reason"]
+    runs.finish_parent(cfg, study, parent, interrupted=False)
 
 
 # --- one parent run whatever the race -----------------------------------------------------
