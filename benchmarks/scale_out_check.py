@@ -69,7 +69,8 @@ def mlflow_server(folder: Path) -> tuple[subprocess.Popen, str]:
 def machine(folder: Path, storage: str, uri: str) -> subprocess.Popen:
     folder.mkdir(parents=True, exist_ok=True)
     args = [*TINY, f"search.storage={storage}", f"tracking.uri={uri}", "search.workers=2",
-            f"search.study_name={STUDY}", f"search.n_trials={N_TRIALS}", "output_dir=runs",
+            f"search.study_name={STUDY}", f"search.n_trials={N_TRIALS}",
+            f"search.max_trials={N_TRIALS}", "output_dir=runs",
             "search.heartbeat_interval=1", "search.grace_period=3",
             "trainer.max_epochs=3"]  # fmt: skip
     return subprocess.Popen(

@@ -11,25 +11,27 @@ import time
 
 import optuna
 from lightning_prune.search.contract import best_trials, state_counts
+from lightning_prune.search.quota import TrialQuota
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 
 class StudyProgress:
-    """`with StudyProgress(study, n_trials): ...` shows finished / pruned / failed, best
-    so far and elapsed time, read from the storage every `interval` seconds, backing off
+    """`with StudyProgress(study, quota): ...` shows this command's trials done out of its
+    `n_trials`, the study's finished / pruned / failed, best so far and elapsed time, read
+    from the storage every `interval` seconds, backing off
     to every `max_interval` seconds while nothing changes."""
 
     def __init__(
         self,
         study: optuna.Study,
-        n_trials: int,
+        quota: TrialQuota,
         enabled: bool = True,
         interval: float = 1.0,
         console: Console | None = None,
         max_interval: float = 10.0,
     ) -> None:
-        self.study, self.n_trials, self.enabled, self.interval = study, n_trials, enabled, interval
+        self.study, self.quota, self.enabled, self.interval = study, quota, enabled, interval
         self.max_interval = max(interval, max_interval)
         self._shown: tuple[int, str] | None = None
         self.console = console or Console(stderr=True)
@@ -41,7 +43,7 @@ class StudyProgress:
     def describe(self) -> tuple[int, str]:
         trials = self.study.get_trials(deepcopy=False)
         counts = state_counts(self.study, trials)
-        done = counts["complete"] + counts["pruned"] + counts["fail"]
+        done = self.quota.finished_mine(trials)
         best = best_trials(self.study, trials)
         shown = "best -"
         if best:
@@ -62,7 +64,8 @@ class StudyProgress:
         except Exception:  # the storage is busy: try again next tick
             return False
         done, text = shown
-        self._progress.update(self._task, completed=min(done, self.n_trials), description=text)
+        done = min(done, self.quota.n_trials)
+        self._progress.update(self._task, completed=done, description=text)
         changed, self._shown = shown != self._shown, shown
         return changed
 
@@ -82,7 +85,7 @@ class StudyProgress:
             TimeElapsedColumn(),
             console=self.console,
         )
-        self._task = self._progress.add_task("starting", total=self.n_trials)
+        self._task = self._progress.add_task("starting", total=self.quota.n_trials)
         self._progress.start()
         self._refresh()
         self._thread = threading.Thread(target=self._loop, daemon=True)

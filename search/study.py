@@ -11,7 +11,6 @@ import multiprocessing
 import os
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from lightning_prune.search.demand import shape_space
 from lightning_prune.search.dense import ensure_dense_reference
 from lightning_prune.search.objective import DEMANDS, SearchContext
 from lightning_prune.search.progress import StudyProgress
+from lightning_prune.search.quota import TrialQuota, quota_of
 from lightning_prune.search.retries import fail_stale
 from lightning_prune.search.study_factory import (
     directions,
@@ -66,6 +66,9 @@ def validate(cfg: DictConfig) -> list[space.Param]:
     check_storage(search.storage, search.workers)
     if not isinstance(search.n_trials, int) or search.n_trials < 1:
         raise ConfigError(f"search.n_trials must be an integer >= 1, got {search.n_trials!r}")
+    cap = search.get("max_trials")
+    if cap is not None and (not isinstance(cap, int) or isinstance(cap, bool) or cap < 1):
+        raise ConfigError(f"search.max_trials must be an integer >= 1 or null, got {cap!r}")
     threads = search.get("torch_threads")
     if threads is not None and (not isinstance(threads, int) or threads < 1):
         raise ConfigError(f"search.torch_threads must be an integer >= 1 or null, got {threads!r}")
@@ -126,13 +129,13 @@ def _open_study(cfg: DictConfig) -> optuna.Study:
         ) from None
 
 
-def _spawn(cfg: DictConfig, parent_run_id: str, index: int, deadline: float | None):
+def _spawn(cfg: DictConfig, ctx: SearchContext, index: int, deadline: float | None):
     """One worker process; spawned, not forked: a fresh interpreter with its own threads."""
     context = multiprocessing.get_context("spawn")
     cfg_dict = OmegaConf.to_container(cfg, resolve=True)
     proc = context.Process(
         target=worker_main,
-        args=(cfg_dict, parent_run_id, index, deadline),
+        args=(cfg_dict, ctx.parent_run_id, ctx.quota, index, deadline),
         name=f"search-worker-{index}",
     )
     proc.start()
@@ -140,16 +143,11 @@ def _spawn(cfg: DictConfig, parent_run_id: str, index: int, deadline: float | No
 
 
 def _supervise(
-    cfg: DictConfig,
-    study: optuna.Study,
-    procs: list,
-    stop: threading.Event,
-    parent_run_id: str,
-    deadline: float | None,
+    cfg: DictConfig, study: optuna.Study, procs: list, ctx: SearchContext, deadline: float | None
 ) -> str:
     """Wait for the workers; replace one that died (its trial is re-queued) until done."""
     respawns_left = int(cfg.search.workers) * (int(cfg.search.max_retry) + 1)
-    forwarded = False
+    forwarded, stop = False, ctx.stop_event
     while any(p.is_alive() for p in procs):
         time.sleep(0.5)
         if stop.is_set():
@@ -163,31 +161,43 @@ def _supervise(
             if proc.exitcode not in (None, 0, 130) and respawns_left > 0:
                 fail_stale(study, cfg.search)
                 respawns_left -= 1
-                procs[i] = _spawn(cfg, parent_run_id, i + len(procs), deadline)
+                procs[i] = _spawn(cfg, ctx, i + len(procs), deadline)
     if stop.is_set() or any(p.exitcode == 130 for p in procs):
         return "interrupted"
-    return _outcome(study, int(cfg.search.n_trials), deadline)
+    return _outcome(study, ctx.quota, deadline)
 
 
-def _outcome(study: optuna.Study, n_trials: int, deadline: float | None) -> str:
-    trials = counted_trials(study.get_trials(deepcopy=False))
-    if sum(t.state.is_finished() for t in trials) >= n_trials:
+def _outcome(study: optuna.Study, quota: TrialQuota, deadline: float | None) -> str:
+    if quota.done(study.get_trials(deepcopy=False)):
         return "done"
     return "timeout" if deadline is not None and time.time() >= deadline else "incomplete"
 
 
-def _judged(study: optuna.Study, outcome: str, first_new: int) -> str:
-    """`failed` when the study holds no COMPLETE trial, or every trial this run finished
-    (numbers from `first_new`, surplus ones aside) failed: a search with nothing to show for
-    this run is not `done`."""
+def _judged(study: optuna.Study, outcome: str, quota: TrialQuota) -> str:
+    """`failed` when the study holds no COMPLETE trial, or every trial this command finished
+    (surplus ones aside) failed: a search with nothing to show for this run is not `done`."""
     if outcome not in ("done", "timeout"):
         return outcome
     trials = study.get_trials(deepcopy=False)
     if not any(t.state == TrialState.COMPLETE for t in trials):
         return "failed"
-    new = [t for t in counted_trials(trials) if t.number >= first_new and t.state.is_finished()
+    new = [t for t in quota.mine(counted_trials(trials)) if t.state.is_finished()
            and not t.user_attrs.get(TrialAttr.SURPLUS)]  # fmt: skip
     return "failed" if new and all(t.state == TrialState.FAIL for t in new) else outcome
+
+
+def _what_it_did(study: optuna.Study, quota: TrialQuota) -> str:
+    """One line: the trials this command added, and what the study holds now."""
+    trials = study.get_trials(deepcopy=False)
+    mine = [t for t in quota.mine(counted_trials(trials)) if t.state.is_finished()]
+    by_state = {s: sum(t.state.name == s for t in mine) for s in ("COMPLETE", "PRUNED", "FAIL")}
+    held = len([t for t in counted_trials(trials) if t.state.is_finished()])
+    cap = "" if quota.max_trials is None else f" of search.max_trials={quota.max_trials}"
+    return (
+        f"search: this run added {len(mine)} of search.n_trials={quota.n_trials} trials "
+        f"({by_state['COMPLETE']} complete, {by_state['PRUNED']} stopped early, "
+        f"{by_state['FAIL']} failed); study {study.study_name!r} now holds {held}{cap}"
+    )
 
 
 def run_search(cfg: DictConfig) -> optuna.Study:
@@ -209,6 +219,13 @@ def run_search(cfg: DictConfig) -> optuna.Study:
     preflight(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(cfg)
+    quota = quota_of(cfg.search)
+    if quota.capped(counted_trials(study.get_trials(deepcopy=False)), finished=True):
+        print(f"search: study {study.study_name!r} already holds search.max_trials="
+              f"{quota.max_trials} finished trials; nothing to add (raise search.max_trials "
+              "to add more)", file=sys.stderr)  # fmt: skip
+        study.set_user_attr(StudyAttr.LAST_OUTCOME, "done")
+        return study
     parent_run_id = runs.start_parent(cfg, study)
     try:
         if cfg.search.get("dense_reference", True):
@@ -216,14 +233,13 @@ def run_search(cfg: DictConfig) -> optuna.Study:
     except BaseException:
         runs.finish_parent(cfg, study, parent_run_id, interrupted=False, failed=True)
         raise
-    ctx = SearchContext(cfg, params, parent_run_id)
+    ctx = SearchContext(cfg, params, parent_run_id, quota)
     timeout = cfg.search.timeout
     deadline = time.time() + float(timeout) if timeout is not None else None
     previous = install_sigint(ctx.stop_event)
     threads = torch.get_num_threads()
     torch.set_num_threads(torch_threads(cfg.search))
-    progress = StudyProgress(study, int(cfg.search.n_trials), enabled=bool(cfg.search.progress))
-    first_new = len(study.get_trials(deepcopy=False))
+    progress = StudyProgress(study, quota, enabled=bool(cfg.search.progress))
     outcome = "interrupted"
     try:
         with progress:
@@ -231,9 +247,9 @@ def run_search(cfg: DictConfig) -> optuna.Study:
                 outcome = work(study, ctx, deadline)
             else:
                 workers = range(int(cfg.search.workers))
-                procs = [_spawn(cfg, parent_run_id, i, deadline) for i in workers]
-                outcome = _supervise(cfg, study, procs, ctx.stop_event, parent_run_id, deadline)
-        outcome = _judged(study, outcome, first_new)
+                procs = [_spawn(cfg, ctx, i, deadline) for i in workers]
+                outcome = _supervise(cfg, study, procs, ctx, deadline)
+        outcome = _judged(study, outcome, quota)
     except Exception:
         outcome = "error"
         raise
@@ -246,4 +262,5 @@ def run_search(cfg: DictConfig) -> optuna.Study:
             failed=outcome in ("error", "failed"),
         )  # fmt: skip
     study.set_user_attr(StudyAttr.LAST_OUTCOME, outcome)
+    print(_what_it_did(study, quota), file=sys.stderr)
     return study

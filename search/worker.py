@@ -1,9 +1,9 @@
-"""A worker: ask the shared study for trials and run them until `n_trials` are done.
+"""A worker: ask the shared study for trials and run them until its command's quota is met.
 
 The same loop runs in the main process (workers=1), in local worker processes, and on
-other machines joined through the same storage. `n_trials` counts the study's total, so
-a resumed or joined study stops where it should; trials of dead workers are failed and
-re-queued (search/retries.py) and their copies run to completion.
+other machines joined through the same storage. A command adds `search.n_trials` trials
+and the study holds at most `search.max_trials` (search/quota.py); trials of dead workers
+are failed and re-queued (search/retries.py) and their copies run to completion.
 
 A worker with nothing left to run waits for the others' trials, polling the storage with
 backoff (1 s doubling to 10 s, back to 1 s when the study changes): 100 idle workers cost a
@@ -23,8 +23,6 @@ import optuna
 from lightning_prune.search import space
 from lightning_prune.search.contract import (
     TrialAttr,
-    counted_trials,
-    is_retry,
 )
 from lightning_prune.search.locks import ask_lock
 from lightning_prune.search.objective import (
@@ -34,6 +32,7 @@ from lightning_prune.search.objective import (
     run_trial,
 )
 from lightning_prune.search.optuna_private import heartbeat
+from lightning_prune.search.quota import TrialQuota
 from lightning_prune.search.retries import fail_stale
 from lightning_prune.search.study_factory import open_search_study
 from omegaconf import DictConfig, OmegaConf
@@ -43,28 +42,20 @@ POLL_MIN_S, POLL_MAX_S = 1.0, 10.0
 MAX_REPEATS = 20  # duplicate recipes in a row before the space is called exhausted
 
 
-def _surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
-    """Two machines may ask at once for the last slot; the later trial gives it back."""
-    trials = study.get_trials(deepcopy=False)
-    asked = next(t for t in trials if t.number == trial.number)
-    if is_retry(asked):  # a retry replaces a failed trial
-        return False
-    return sum(t.number < trial.number for t in counted_trials(trials)) >= n_trials
-
-
 def _tell_failed(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
     with contextlib.suppress(Exception):
         trial.set_user_attr(TrialAttr.FAIL_REASON, reason[:2000])
     study.tell(trial, state=TrialState.FAIL)
 
 
-def _run_one(study: optuna.Study, ctx: SearchContext, n_trials: int) -> bool:
+def _run_one(study: optuna.Study, ctx: SearchContext) -> bool:
     """Ask for a trial and run it; False when its sampled recipe repeated an earlier one."""
     with ask_lock(ctx.cfg.search.storage):
         trial = study.ask()
-    if _surplus(study, trial, n_trials):
+        ctx.quota.claim(trial)
+    if ctx.quota.surplus(study, trial.number):
         trial.set_user_attr(TrialAttr.SURPLUS, True)
-        _tell_failed(study, trial, "surplus: n_trials was reached by other workers")
+        _tell_failed(study, trial, "surplus: the quota was filled by other workers")
         return True
     with heartbeat(study, trial):
         try:
@@ -89,10 +80,9 @@ def _run_one(study: optuna.Study, ctx: SearchContext, n_trials: int) -> bool:
 
 
 def work(study: optuna.Study, ctx: SearchContext, deadline: float | None = None) -> str:
-    """Run trials until the study holds `n_trials`; returns done / interrupted / timeout, or
+    """Run trials until the command's quota is met; returns done / interrupted / timeout, or
     incomplete when the sampler keeps repeating recipes (a small space, exhausted)."""
-    search = ctx.cfg.search
-    n_trials = int(search.n_trials)
+    search, quota = ctx.cfg.search, ctx.quota
     poll, seen, repeats = POLL_MIN_S, None, 0
     while True:
         if ctx.stop_event.is_set():
@@ -100,18 +90,17 @@ def work(study: optuna.Study, ctx: SearchContext, deadline: float | None = None)
         if deadline is not None and time.time() >= deadline:
             return "timeout"
         fail_stale(study, search)
-        trials = counted_trials(study.get_trials(deepcopy=False))
-        finished = sum(t.state.is_finished() for t in trials)
-        if finished >= n_trials:
+        trials = study.get_trials(deepcopy=False)
+        if quota.done(trials):
             return "done"
-        waiting = any(t.state == TrialState.WAITING for t in trials)
-        if len(trials) >= n_trials and not waiting:  # the rest run elsewhere: wait for them
-            poll = POLL_MIN_S if (finished, len(trials)) != seen else min(2 * poll, POLL_MAX_S)
-            seen = finished, len(trials)
+        if quota.full(trials):  # the rest run elsewhere: wait for them
+            shown = len(trials), quota.finished_mine(trials)
+            poll = POLL_MIN_S if shown != seen else min(2 * poll, POLL_MAX_S)
+            seen = shown
             ctx.stop_event.wait(poll)
             continue
         try:
-            repeats = 0 if _run_one(study, ctx, n_trials) else repeats + 1
+            repeats = 0 if _run_one(study, ctx) else repeats + 1
         except SearchInterrupted:
             return "interrupted"
         if repeats >= MAX_REPEATS:
@@ -149,7 +138,9 @@ def install_sigint(stop_event: threading.Event, announce: bool = True, abort: bo
     return signal.signal(signal.SIGINT, handler)
 
 
-def worker_main(cfg_dict: dict, parent_run_id: str, index: int, deadline: float | None) -> None:
+def worker_main(
+    cfg_dict: dict, parent_run_id: str, quota: TrialQuota, index: int, deadline: float | None
+) -> None:
     """Entry point of a local worker process (spawned: fresh interpreter, own threads);
     `index` numbers it for the supervisor (sampler seeds come from trial numbers instead)."""
     import logging
@@ -161,7 +152,7 @@ def worker_main(cfg_dict: dict, parent_run_id: str, index: int, deadline: float 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = OmegaConf.create(cfg_dict)
     torch.set_num_threads(torch_threads(cfg.search))
-    ctx = SearchContext(cfg, space.parse_space(cfg), parent_run_id)
+    ctx = SearchContext(cfg, space.parse_space(cfg), parent_run_id, quota)
     install_sigint(ctx.stop_event, announce=False, abort=False)
     study = open_search_study(cfg)
     outcome = work(study, ctx, deadline)

@@ -67,6 +67,7 @@ CASES: list[Case] = [
     _case("bad objective", "search", "search.objective=fast", fragment="search.objective must be"),
     _case("bad pruner", "search", "search.pruner.kind=sometimes", fragment="search.pruner.kind must be"),
     _case("zero trials", "search", "search.n_trials=0", fragment="search.n_trials must be an integer >= 1"),
+    _case("zero max_trials", "search", "search.max_trials=0", fragment="search.max_trials must be an integer >= 1 or null"),
     _case("negative timeout", "search", "search.timeout=-1", fragment="search.timeout must be > 0"),
     _case("sqlite with 2 workers", "search", "search.workers=2", fragment="needs a storage safe for parallel writers"),
     _case("storage not a URL", "search", "search.storage=ftp://x", fragment="is not a storage URL"),
@@ -118,7 +119,7 @@ CASES: list[Case] = [
     _case("every trial fails", "search", *FAST, "search.study_name=doomed", "search.n_trials=2", "data.num_train=64", "data.num_val=32", "data.num_test=32",
           "search.space.criterion.choices=[nonsense]", code=1, fragment="study 'doomed': no trial completed (0 complete, 0 pruned, 2 failed in the study)"),
     _case("resumed study, every new trial fails", "search", *FAST, "search.study_name=resumed", "search.n_trials=2", "data.num_train=64", "data.num_val=32", "data.num_test=32",
-          "search.space.criterion.choices=[nonsense]", code=1, fragment="study 'resumed': every trial this run finished failed (1 complete, 0 pruned, 1 failed in the study); last failure (trial 1): ConfigError: pruning: criterion must be one of"),
+          "search.space.criterion.choices=[nonsense]", code=1, fragment="study 'resumed': every trial this run finished failed (1 complete, 0 pruned, 2 failed in the study); last failure (trial 2): ConfigError: pruning: criterion must be one of"),
     _case("corrupt ensemble file read by report", "report", "search.study_name=kept", fragment="runs/ensembles/kept-optimized.pt cannot be read"),
     _case("study's recorded data gone", "ensemble", "ensemble.study_name=kept", fragment="data.data_dir=recorded-data-gone: recorded-data-gone does not exist"),
 ]  # fmt: skip

@@ -79,6 +79,7 @@ def setup(request, tmp_path, empty_store, monkeypatch):
         f"search.storage={storage}",
         f"search.study_name={name}",
         f"search.n_trials={N_TRIALS}",
+        f"search.max_trials={N_TRIALS}",  # the rerun finishes the study, not grows it
         f"search.workers={1 if kind == 'sqlite' else 2}",
         "search.heartbeat_interval=1",
         "search.grace_period=2",

@@ -50,10 +50,10 @@ def store(tmp_path_factory):
     args = tiny(tmp, f"search.study_name={STUDY}", ONLY_UNSTRUCTURED)
     first = ["search.n_trials=1"]
     stopped = [  # a learning rate that cannot learn, judged against the first trial
-        "search.n_trials=2", "search.pruner.kind=median", "search.pruner.n_startup_trials=1",
+        "search.n_trials=1", "search.pruner.kind=median", "search.pruner.n_startup_trials=1",
         "search.space.lr.low=1.0e-9", "search.space.lr.high=2.0e-9",
     ]  # fmt: skip
-    resumed = ["search.n_trials=3"]
+    resumed = ["search.n_trials=1"]
     train = tiny(tmp, "pruning=magnitude_gradual", "pruning.frequency=2")
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(tmp)

@@ -31,7 +31,7 @@ def _runs(uri: str) -> dict[str, object]:
     return {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
 
 
-def test_search_records_trials_resumes_and_keeps_the_contract(tmp_path, monkeypatch):
+def test_search_records_trials_resumes_and_keeps_the_contract(tmp_path, monkeypatch, capfd):
     monkeypatch.chdir(tmp_path)
     demand = [
         "search.demand.min_sparsity=0.6",
@@ -44,13 +44,18 @@ def test_search_records_trials_resumes_and_keeps_the_contract(tmp_path, monkeypa
     assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3
     first = {t.number: t.params for t in study.trials}
 
-    # The same command with a larger n_trials resumes: old trials kept, 5 in total.
-    study = run_search(
-        load_config(tiny(tmp_path, *demand[:-1], "search.n_trials=5", "search.study_name=s1"))
-    )
+    # A rerun adds its n_trials (as study.optimize): old trials kept, 5 in total.
+    capfd.readouterr()
+    again = [*demand[:-1], "search.n_trials=2", "search.study_name=s1", "search.max_trials=5"]
+    study = run_search(load_config(tiny(tmp_path, *again)))
     complete = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(study.trials) == 5 and len(complete) == 5
     assert {t.number: t.params for t in study.trials[:3]} == first
+    assert "this run added 2 of search.n_trials=2 trials (2 complete" in capfd.readouterr().err
+    # At search.max_trials, a rerun adds nothing and says so.
+    study = run_search(load_config(tiny(tmp_path, *again)))
+    assert len(study.trials) == 5
+    assert "already holds search.max_trials=5 finished trials" in capfd.readouterr().err
 
     reloaded = load_study(f"sqlite:///{tmp_path}/optuna.db", "s1")
     attrs = reloaded.user_attrs

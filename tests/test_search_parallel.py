@@ -74,6 +74,7 @@ def test_machines_join_through_postgres_and_heartbeats_retry_a_killed_worker(
         f"search.storage={postgres_url}",
         "search.study_name=pg",
         "search.n_trials=4",
+        "search.max_trials=4",  # two machines fill one study of 4
         "search.heartbeat_interval=1",
         "search.grace_period=3",
         "trainer.max_epochs=10",
