@@ -11,6 +11,7 @@ worse than the median of trials pruned at least as hard at the same point of tra
 from __future__ import annotations
 
 import math
+import re
 import statistics
 
 import optuna
@@ -154,6 +155,30 @@ def stop_reason(study: optuna.Study, number: int) -> str:
             return text
     step = running[0].last_step if running else None
     return f"below {type(study.pruner).__name__}'s threshold at validation {step}"
+
+
+# How each writer of `pruned_reason` starts its text (this module, bound_pruner.py and
+# reporter.py's demand check), and the short kind the report groups stopped trials by.
+STOP_KINDS = (
+    ("below the matched median", "below matched median"),
+    ("cannot win", "cannot beat best"),
+    ("non-finite value", "non-finite value (diverged)"),
+    ("infeasible: target sparsity", "target below demand"),
+)
+NO_REASON = "no reason recorded"
+
+
+def stop_kind(reason: str | None) -> str:
+    """The short kind of a recorded `pruned_reason`, e.g. "cannot beat best": the numbers in
+    the reason differ per trial, the kind does not, so figures can group stopped trials."""
+    text = (reason or "").strip()
+    if not text:
+        return NO_REASON
+    for prefix, kind in STOP_KINDS:
+        if text.startswith(prefix):
+            return kind
+    other = re.match(r"below (\w+)'s threshold", text)  # Optuna's own pruners
+    return f"below {other.group(1)}'s threshold" if other else "other"
 
 
 def build_pruner(kind: str, n_startup_trials: int, n_warmup_steps: int):

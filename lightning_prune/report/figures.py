@@ -1,11 +1,14 @@
 """The report's own figures, drawn from plain data so they do not depend on where it came from.
 
-Optuna's plots (history, importances, Pareto front) are not redrawn here: the report takes
-them from `lightning_prune.search.optuna_figures`.
+Optuna's importances and Pareto front are not redrawn here: the report takes them from
+`lightning_prune.search.optuna_figures`. The history is drawn here: Optuna's leaves out the
+trials the pruner stopped, and the report shows them grouped by why they were stopped.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from pathlib import Path
 
 import matplotlib
@@ -51,6 +54,56 @@ def accuracy_vs_sparsity(
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
     return save(fig, path)
+
+
+# How each way a trial ended is drawn; stopped kinds take STOPPED_COLOURS in order of appearance.
+GROUP_STYLE = {
+    "complete": {"c": "tab:blue", "marker": "o"},
+    "complete (infeasible)": {"c": "0.6", "marker": "o"},
+    "failed": {"c": "tab:red", "marker": "x"},
+}
+STOPPED_COLOURS = ("tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+
+
+def history_figure(points: list[dict], metric: str = "val_acc") -> plt.Figure:
+    """Each trial's value by trial number, one legend entry per way it ended (stopped trials
+    by the kind of reason, e.g. "stopped: cannot beat best"), with the best feasible so far.
+
+    `points`: {"number", "value", "group"} dicts; `group` is "complete", "complete
+    (infeasible)", "failed" or "stopped: <kind>". A non-finite value (diverged) is drawn at
+    the lowest finite one, so its trial still shows."""
+    fig, ax = plt.subplots(figsize=(10, 5))
+    finite = [p["value"] for p in points if math.isfinite(p["value"])]
+    floor = min(finite, default=0.0)
+    groups = {p["group"] for p in points}
+    order = [g for g in GROUP_STYLE if g in groups] + sorted(groups - set(GROUP_STYLE))
+    colours = itertools.cycle(STOPPED_COLOURS)
+    for group in order:
+        style = GROUP_STYLE.get(group) or {"c": next(colours), "marker": "v"}
+        chosen = [p for p in points if p["group"] == group]
+        ys = [100 * (p["value"] if math.isfinite(p["value"]) else floor) for p in chosen]
+        ax.scatter([p["number"] for p in chosen], ys, label=group, s=30, zorder=3, **style)
+    best = sorted((p["number"], p["value"]) for p in points
+                  if p["group"] == "complete" and math.isfinite(p["value"]))  # fmt: skip
+    if best:
+        xs, ys = [], []
+        for number, value in best:
+            xs.append(number)
+            ys.append(max([100 * value, *ys[-1:]]))
+        xs.append(max(p["number"] for p in points))
+        ys.append(ys[-1])
+        ax.step(xs, ys, where="post", c="tab:green", lw=1.5, label="best feasible so far")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"{metric} (%; stopped, failed: last reported)")
+    ax.set_title("Study history: every trial, stopped ones by why")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)  # outside: hides no point
+    return fig
+
+
+def study_history(points: list[dict], path: Path, metric: str = "val_acc") -> Path:
+    """`history_figure`, saved."""
+    return save(history_figure(points, metric), path)
 
 
 def layer_sparsity(layers: dict[str, float], path: Path, title: str) -> Path:

@@ -16,11 +16,16 @@ from lightning_prune.checkpoint import load_weights
 from lightning_prune.ensembles import SelectionError, ensemble_folder, latest_ensemble_info
 from lightning_prune.ensembles.selection import resolve_checkpoint
 from lightning_prune.report import figures
-from lightning_prune.report.tables import fmt, markdown_table
+from lightning_prune.report.tables import (
+    fmt,
+    last_value,
+    markdown_table,
+    stop_reason_of,
+    stopped_trials,
+)
 from lightning_prune.search import (
     StudyAttr,
     TrialAttr,
-    curve_of,
     is_feasible,
     load_study,
     optuna_figures,
@@ -28,6 +33,7 @@ from lightning_prune.search import (
     state_counts,
     tracking_of,
 )
+from lightning_prune.search.pruners import stop_kind
 
 MIN_TRIALS_FOR_IMPORTANCES = 3  # fewer complete trials cannot tell parameters apart
 
@@ -52,26 +58,13 @@ def layer_sparsity_of(checkpoint: str | Path) -> dict[str, float]:
     }
 
 
-def _value(trial: FrozenTrial) -> float | None:
-    """val_acc of a complete trial; the last reported value of a pruned or failed one."""
-    value = None
-    if trial.state == TrialState.COMPLETE:
-        value = trial.user_attrs.get(TrialAttr.VAL_ACC)
-        if value is None and trial.values:
-            value = trial.values[0]
-    if value is None and trial.intermediate_values:
-        value = trial.intermediate_values[max(trial.intermediate_values)]
-    curve = curve_of(trial)
-    if value is None and curve and isinstance(curve[-1], dict):
-        value = curve[-1].get(TrialAttr.VAL_ACC)
-    return value
-
-
-def _trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    """One plain row per finished trial (complete, pruned or failed)."""
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    """One plain row per finished trial (complete, pruned or failed); `stop_reason` only for
+    a pruned one."""
     finished = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
     return [
-        {"number": t.number, "state": t.state.name, "value": _value(t), "feasible": is_feasible(t),
+        {"number": t.number, "state": t.state.name, "value": last_value(t),
+         "feasible": is_feasible(t), "stop_reason": stop_reason_of(t),
          "sparsity": t.user_attrs.get(TrialAttr.SPARSITY),
          "test_acc": t.user_attrs.get(TrialAttr.TEST_ACC),
          "nonzero": t.user_attrs.get(TrialAttr.NONZERO_PARAMS),
@@ -80,12 +73,29 @@ def _trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
+def history_points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The history figure's points: every trial with a value, grouped by how it ended and a
+    stopped one by why (`stop_kind`); Optuna's own history draws complete trials only."""
+    points = []
+    for row in rows:
+        if row["value"] is None:
+            continue
+        if row["state"] == "PRUNED":
+            group = f"stopped: {stop_kind(row['stop_reason'])}"
+        elif row["state"] == "COMPLETE":
+            group = "complete" if row["feasible"] else "complete (infeasible)"
+        else:
+            group = "failed"
+        points.append({"number": row["number"], "value": row["value"], "group": group})
+    return points
+
+
 def _optuna_images(study: optuna.Study, folder: Path) -> dict[str, Path]:
-    """Optuna's history and parameter importances (the same plots the search logs)."""
+    """Optuna's parameter importances (the same plot the search logs)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    names = {"optimization_history": "history"}
-    if len(complete) >= MIN_TRIALS_FOR_IMPORTANCES:
-        names["param_importances"] = "importances"
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCES:
+        return {}
+    names = {"param_importances": "importances"}
     images = {}
     for name, figure in optuna_figures(study, names).items():
         images[names[name]] = figures.save(figure, folder / f"{names[name]}.png")
@@ -128,6 +138,9 @@ def _images(study, rows, best, dense, ensemble, folder: Path, notes) -> dict[str
                 layers, folder / "layer_sparsity.png",
                 f"Per-layer sparsity of the best trial (#{best.number})",
             )  # fmt: skip
+    points = history_points(rows)
+    if points:
+        images["history"] = figures.study_history(points, folder / "history.png")
     if rows:
         images.update(_optuna_images(study, folder))
     if ensemble:
@@ -147,7 +160,7 @@ def _markdown(study, ranked, dense, ensemble, images, top_k: int, notes) -> str:
     if dense:
         lines += [f"Dense reference: val_acc {fmt(dense.get('val_acc'))}, "
                   f"test_acc {fmt(dense.get('test_acc'))}.", ""]  # fmt: skip
-    lines += markdown_table(ranked[:top_k])
+    lines += markdown_table(ranked[:top_k] + stopped_trials(study, top_k))
     if not ranked:
         lines.append("\nNo feasible complete trial yet.")
     if ensemble:
@@ -170,7 +183,7 @@ def build_report(
     """Write figures and `report.md` for `study` into `folder`; log them to its parent run."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    rows = _trial_rows(study)
+    rows = trial_rows(study)
     ranked = ranked_trials(study)
     dense = study.user_attrs.get(StudyAttr.DENSE_REFERENCE)
     notes: list[str] = []
