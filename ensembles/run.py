@@ -130,6 +130,7 @@ def run_ensemble(cfg: DictConfig) -> EnsembleResult:
         study, options.k, diversity=options.diversity, val_loader=datamodule.val_dataloader(),
         pool=options.pool or None, diversity_weight=options.diversity_weight,
         tracking_uri=uri, download_dir=output_dir / "downloads", allow=allow_targets(cfg),
+        output_dir=cfg.output_dir,
     )  # fmt: skip
     members = selection.members
     ensemble = fit_ensemble(

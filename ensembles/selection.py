@@ -22,6 +22,8 @@ from lightning_prune.search.contract import (
     CHECKPOINT_NAME,
     StudyNotFoundError,
     TrialAttr,
+    checkpoint_path,
+    checkpoint_roots,
     load_study,
     ranked_trials,
     tracking_of,
@@ -107,13 +109,17 @@ def _by_recipe(trials: list[FrozenTrial], k: int) -> list[FrozenTrial]:
     return (distinct + rest)[:k]
 
 
-def resolve_checkpoint(trial: FrozenTrial, tracking_uri: str | None, download_dir: Path) -> Path:
-    """The trial's model.pt: the recorded local path, else its MLflow artifact, else an error."""
-    local = trial.user_attrs.get(TrialAttr.CHECKPOINT)
-    if local and Path(local).is_file():
-        return Path(local)
+def resolve_checkpoint(
+    trial: FrozenTrial, tracking_uri: str | None, download_dir: Path, roots: list[Path]
+) -> Path:
+    """The trial's model.pt: the local file (under one of the study folders `roots`, see
+    `checkpoint_path`), else its MLflow artifact (the trial ran on another machine), else an
+    error. MLflow comes second: its artifact URIs are absolute, so a copied folder's are not."""
+    local = checkpoint_path(trial, roots)
+    if local is not None and local.is_file():
+        return local
     run_id = trial.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
-    problem = f"local file {local!r} is missing" if local else "no `checkpoint` user attr"
+    problem = f"local file {str(local)!r} is missing" if local else "no `checkpoint` user attr"
     if not run_id or not tracking_uri:
         raise SelectionError(
             f"trial {trial.number}: checkpoint not found ({problem}; no MLflow run to download "
@@ -139,10 +145,15 @@ def resolve_checkpoint(trial: FrozenTrial, tracking_uri: str | None, download_di
 
 
 def load_member(
-    trial: FrozenTrial, tracking_uri: str | None, download_dir: Path, allow: list[str] | None = None
+    trial: FrozenTrial,
+    tracking_uri: str | None,
+    download_dir: Path,
+    allow: list[str] | None = None,
+    roots: list[Path] | None = None,
 ) -> Member:
-    """Load one trial's pruned checkpoint as a Member (`allow`: extra `_target_` patterns)."""
-    path = resolve_checkpoint(trial, tracking_uri, download_dir)
+    """Load one trial's pruned checkpoint as a Member (`allow`: extra `_target_` patterns;
+    `roots`: the study folders to find it in, `checkpoint_roots`)."""
+    path = resolve_checkpoint(trial, tracking_uri, download_dir, roots or [])
     try:
         model, info = load_model(path, allow=allow)
     except Exception as err:
@@ -236,6 +247,7 @@ def select_members(
     tracking_uri: str | None = None,
     download_dir: str | Path = "runs/ensembles/downloads",
     allow: list[str] | None = None,
+    output_dir: str | Path | None = None,
 ) -> Selection:
     """Top-k finished, feasible trials of `study`, loaded from their checkpoints.
 
@@ -249,6 +261,8 @@ def select_members(
         tracking_uri: MLflow store to download checkpoints from when a local file is gone
             (default: the study's `tracking_uri` user attr).
         allow: `_target_` patterns the checkpoints may build besides the project's own.
+        output_dir: the reader's `output_dir`: checkpoints are looked up in its study folder
+            first (a copied `runs/`), then in the one the search recorded.
     """
     if not isinstance(k, int) or isinstance(k, bool) or k < 1:
         raise SelectionError(f"ensemble.k must be a positive integer, got {k!r}")
@@ -271,9 +285,10 @@ def select_members(
         notes.append(f"skipped {finished - len(ranked)} finished trial(s) that are infeasible")
     uri = tracking_uri or tracking_of(study).uri
     folder = Path(download_dir)
+    roots = checkpoint_roots(study, output_dir)
 
     def load(trial: FrozenTrial) -> Member:
-        return load_member(trial, uri, folder, allow)
+        return load_member(trial, uri, folder, allow, roots)
 
     if diversity == "agreement":
         loaded = _distinct(ranked, max(pool or 2 * k, k), load, notes)

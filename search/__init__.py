@@ -10,7 +10,8 @@ Public API:
   study: :func:`load_study`, :class:`TrialAttr` / :class:`StudyAttr` (attribute keys),
   :func:`is_feasible`, :func:`curve_of`, :func:`ranked_trials`, :func:`best_trials`,
   :func:`state_counts`,
-  :func:`tracking_of` (the study's MLflow runs).
+  :func:`tracking_of` (the study's MLflow runs), :func:`checkpoint_path` /
+  :func:`checkpoint_roots` (where a trial's model is, also in a copied `runs/` folder).
 - :func:`optuna_figures` -- Optuna's own plots of a study (used by the report too).
 """
 
@@ -24,6 +25,8 @@ from lightning_prune.search.contract import (
     StudyTracking,
     TrialAttr,
     best_trials,
+    checkpoint_path,
+    checkpoint_roots,
     curve_of,
     is_feasible,
     load_study,
@@ -48,6 +51,8 @@ __all__ = [
     "TrialAttr",
     "TrialReporter",
     "best_trials",
+    "checkpoint_path",
+    "checkpoint_roots",
     "curve_of",
     "is_feasible",
     "load_study",

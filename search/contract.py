@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -49,12 +50,16 @@ warnings.filterwarnings(
 class TrialAttr:
     """Keys of `trial.user_attrs`.
 
-    A COMPLETE trial has CHECKPOINT (absolute path of its `model.pt`, saved with
+    A COMPLETE trial has CHECKPOINT (its `model.pt`, saved with
     `lightning_prune.checkpoint.save_model`), MLFLOW_RUN_ID, the measured results (`RESULTS`),
     FEASIBLE, CURVE, EPOCHS, DURATION_S and WORKER. A PRUNED trial has the same minus
     CHECKPOINT and TEST_ACC, plus PRUNED_AT_STEP and PRUNED_REASON. A FAIL trial has
     FAIL_REASON (and INTERRUPTED after Ctrl-C, SURPLUS when other workers filled the study,
     DUPLICATE_OF when its sampled parameters repeated an earlier trial's).
+
+    CHECKPOINT is relative to the study's folder (`trial_7/model.pt` under `study_root`), so a
+    copied `runs/` folder still opens; older studies hold absolute paths. Read it with
+    `checkpoint_path`.
 
     Read the curve with `curve_of`: while a trial runs it is stored one point per validation
     (`curve/0000`, `curve/0001`, ...: a write that does not grow with the curve), and once
@@ -121,6 +126,42 @@ class StudyAttr:
     CONFIG = "config"  # the whole resolved config of the search
     DENSE_REFERENCE = "dense_reference"  # {val_acc, test_acc, params, seconds}
     LAST_OUTCOME = "last_outcome"  # done | interrupted | timeout | incomplete
+
+
+# --- where a trial's checkpoint is -------------------------------------------------------
+
+
+def study_root(output_dir: str | Path, study_name: str) -> Path:
+    """A study's folder, `<output_dir>/studies/<study_name>`, holding `trial_<n>/model.pt`.
+    Checkpoints are recorded relative to it, so a copied `runs/` folder still opens."""
+    return Path(output_dir) / "studies" / study_name
+
+
+def checkpoint_roots(study: optuna.Study, output_dir: str | Path | None = None) -> list[Path]:
+    """Study folders to look in: under the reader's `output_dir` first (where a copied
+    folder is now), then under the `output_dir` the search recorded."""
+    recorded = (study.user_attrs.get(StudyAttr.CONFIG) or {}).get("output_dir")
+    roots = [study_root(d, study.study_name) for d in (output_dir, recorded) if d]
+    return list(dict.fromkeys(roots))
+
+
+def checkpoint_path(trial: FrozenTrial, roots: list[Path]) -> Path | None:
+    """The trial's `model.pt` on this machine; None when it recorded none.
+
+    A relative record is joined to the first root holding the file. An absolute one (older
+    studies) is kept while the file exists, else its `trial_<n>/model.pt` tail is looked up
+    under the roots. With no file anywhere, the first candidate (for the error message).
+    """
+    stored = trial.user_attrs.get(TrialAttr.CHECKPOINT)
+    if not stored:
+        return None
+    path = Path(stored)
+    if path.is_absolute():
+        if path.is_file() or not roots:
+            return path
+        path = Path(path.parent.name, path.name)
+    candidates = [root / path for root in roots] or [path]
+    return next((c for c in candidates if c.is_file()), candidates[0])
 
 
 # --- opening a study ---------------------------------------------------------------------

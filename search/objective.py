@@ -243,7 +243,8 @@ def _fit(
     }
     folder = ctx.trial_dir(trial.number)
     path = save_model(folder / CHECKPOINT_NAME, result.model, trial_cfg.model, info)
-    trial.set_user_attr(TrialAttr.CHECKPOINT, str(path.resolve()))
+    # relative to the study's folder (`trial_dir`'s parent): a copied runs/ folder still opens
+    trial.set_user_attr(TrialAttr.CHECKPOINT, path.resolve().relative_to(folder.parent).as_posix())
     run.log_artifact(str(path))
     if ctx.multi:
         second = stats[

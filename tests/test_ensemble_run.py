@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import mlflow
 import optuna
 import pytest
@@ -130,7 +128,7 @@ def test_cli_prints_the_table_and_names_a_missing_study(members, in_tmp, capsys)
 
 @pytest.mark.slow
 def test_end_to_end_through_the_search_with_a_deleted_checkpoint(in_tmp):
-    from lightning_prune.search import run_search
+    from lightning_prune.search import checkpoint_path, checkpoint_roots, run_search
 
     overrides = [
         "data=synthetic", "data.num_train=256", "data.num_val=64", "data.num_test=64",
@@ -141,7 +139,7 @@ def test_end_to_end_through_the_search_with_a_deleted_checkpoint(in_tmp):
     ]  # fmt: skip
     study = run_search(load_config(overrides))
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    Path(done[0].user_attrs["checkpoint"]).unlink()  # recovered from the trial's MLflow run
+    checkpoint_path(done[0], checkpoint_roots(study)).unlink()  # recovered from MLflow
     result = run_ensemble(load_config([*overrides, "ensemble.k=5", "ensemble.latency_batch=8"]))
     assert {m.trial for m in result.members} == {t.number for t in done}
     run = MlflowClient(f"sqlite:///{in_tmp}/mlflow.db").get_run(result.run_id)

@@ -26,6 +26,8 @@ from lightning_prune.report.tables import (
 from lightning_prune.search import (
     StudyAttr,
     TrialAttr,
+    checkpoint_path,
+    checkpoint_roots,
     is_feasible,
     load_study,
     optuna_figures,
@@ -102,18 +104,20 @@ def _optuna_images(study: optuna.Study, folder: Path) -> dict[str, Path]:
     return images
 
 
-def _best_layers(study: optuna.Study, best: FrozenTrial, notes: list[str]) -> dict[str, float]:
+def _best_layers(
+    study: optuna.Study, best: FrozenTrial, roots: list[Path], notes: list[str]
+) -> dict[str, float]:
     """Per-layer sparsity of the best trial's model: the local file, else the copy on the
     tracking server (the trial may have run on another machine), else a note saying why not."""
-    local = best.user_attrs.get(TrialAttr.CHECKPOINT)
+    local = checkpoint_path(best, roots)
     uri = tracking_of(study).uri
     with tempfile.TemporaryDirectory(prefix="lp-report-") as scratch:
         try:
-            path = resolve_checkpoint(best, uri, Path(scratch))
+            path = resolve_checkpoint(best, uri, Path(scratch), roots)
         except SelectionError as err:
             notes.append(f"No per-layer sparsity figure: {err}")
             return {}
-        if local and Path(local).resolve() != path.resolve():
+        if local and local.resolve() != path.resolve():
             run_id = best.user_attrs.get(TrialAttr.MLFLOW_RUN_ID)
             notes.append(
                 f"Per-layer sparsity of trial #{best.number} read from MLflow run {run_id} at "
@@ -122,7 +126,7 @@ def _best_layers(study: optuna.Study, best: FrozenTrial, notes: list[str]) -> di
         return layer_sparsity_of(path)
 
 
-def _images(study, rows, best, dense, ensemble, folder: Path, notes) -> dict[str, Path]:
+def _images(study, rows, best, dense, ensemble, folder: Path, roots, notes) -> dict[str, Path]:
     images: dict[str, Path] = {}
     done = [r for r in rows if r["state"] == "COMPLETE" and r["sparsity"] is not None]
     points = [{"sparsity": r["sparsity"], "acc": r["value"], "feasible": r["feasible"]}
@@ -132,7 +136,7 @@ def _images(study, rows, best, dense, ensemble, folder: Path, notes) -> dict[str
             points, dense.get("val_acc") if dense else None, folder / "accuracy_vs_sparsity.png"
         )
     if best is not None:
-        layers = _best_layers(study, best, notes)
+        layers = _best_layers(study, best, roots, notes)
         if layers:
             images["layer_sparsity"] = figures.layer_sparsity(
                 layers, folder / "layer_sparsity.png",
@@ -179,16 +183,20 @@ def build_report(
     ensemble: list[dict[str, Any]] | None = None,
     top_k: int = 5,
     log_to_mlflow: bool = True,
+    output_dir: str | Path | None = None,
 ) -> Report:
-    """Write figures and `report.md` for `study` into `folder`; log them to its parent run."""
+    """Write figures and `report.md` for `study` into `folder`; log them to its parent run.
+    Checkpoints are looked up in the study folder under `output_dir` (a copied `runs/`)
+    first, then where the search wrote them."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    roots = checkpoint_roots(study, output_dir)
     rows = trial_rows(study)
     ranked = ranked_trials(study)
     dense = study.user_attrs.get(StudyAttr.DENSE_REFERENCE)
     notes: list[str] = []
     best = ranked[0] if ranked else None
-    images = _images(study, rows, best, dense, ensemble, folder, notes)
+    images = _images(study, rows, best, dense, ensemble, folder, roots, notes)
     markdown = folder / "report.md"
     markdown.write_text(_markdown(study, ranked, dense, ensemble, images, top_k, notes))
     report = Report(folder=folder, markdown=markdown, figures=images, rows=rows, notes=notes)
@@ -231,7 +239,8 @@ def run_report(cfg, study: optuna.Study | None = None) -> Report:
         ensemble.append({"name": "dense model", "kind": "dense", "test_acc": dense["test_acc"],
                          "nonzero": int(dense["params"])})  # fmt: skip
     folder = Path(cfg.output_dir) / "reports" / study.study_name
-    report = build_report(study, folder, ensemble=ensemble, top_k=int(cfg.search.top_k))
+    report = build_report(study, folder, ensemble=ensemble, top_k=int(cfg.search.top_k),
+                          output_dir=cfg.output_dir)  # fmt: skip
     for note in report.notes:
         print(f"lightning-prune report: note: {note}", file=sys.stderr)
     return report
