@@ -23,6 +23,7 @@ SCRIPTS = {
     "bench_structured.py": ["--seeds", "0", "1", "2"],
     "bench_search.py": [],
     "bench_ensembles.py": ["--seeds", "0", "1", "2"],
+    "bench_pipeline.py": [],  # search + ensemble vs best preset vs dense, ~1 hour
 }
 
 

@@ -86,6 +86,7 @@ class TrialAttr:
     INTERRUPTED = "interrupted"
     SURPLUS = "surplus"
     DUPLICATE_OF = "duplicate_of"  # number of the earlier trial with the same parameters
+    INVOCATION = "invocation"  # id of the search command that ran it (its `search.n_trials`)
 
     RESULTS = (MLFLOW_RUN_ID, SPARSITY, NONZERO_PARAMS, FLOPS, VAL_ACC, TEST_ACC)
 

@@ -16,7 +16,13 @@ from typing import Any
 
 import optuna
 from lightning_prune.search import space
-from lightning_prune.search.contract import CHECKPOINT_NAME, TrialAttr, repeated_recipe
+from lightning_prune.search.contract import (
+    CHECKPOINT_NAME,
+    TrialAttr,
+    repeated_recipe,
+    study_root,
+)
+from lightning_prune.search.quota import TrialQuota
 from lightning_prune.search.reporter import TrialReporter
 from lightning_prune.search.retries import worker_id
 from lightning_prune.search.runs import TrialRun
@@ -52,6 +58,7 @@ class SearchContext:
     cfg: DictConfig
     params: list[space.Param]
     parent_run_id: str
+    quota: TrialQuota
     stop_event: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -59,7 +66,7 @@ class SearchContext:
         return self.cfg.search.objective == "pareto"
 
     def trial_dir(self, number: int) -> Path:
-        root = Path(self.cfg.output_dir) / "studies" / self.cfg.search.study_name
+        root = study_root(self.cfg.output_dir, self.cfg.search.study_name)
         return (root / f"trial_{number}").resolve()
 
 

@@ -203,12 +203,20 @@ class LossCurves(pl.Callback):
 
 
 def _log_plots(client: MlflowClient, run_id: str, study: optuna.Study) -> list[str]:
-    """Optuna's plots as PNG artifacts under plots/; a plot that cannot be drawn is skipped."""
+    """PNG artifacts under plots/: the report's history (every trial, stopped ones grouped by
+    why; Optuna's own history draws complete trials only) and Optuna's importances (and
+    Pareto front); a plot that cannot be drawn is skipped."""
     import matplotlib.pyplot as plt
 
+    from lightning_prune.report.figures import history_figure
+    from lightning_prune.report.study_report import history_points, trial_rows
+
     multi = len(study.directions) > 1
-    names = ("param_importances", "pareto_front" if multi else "optimization_history")
-    figures = optuna_figures(study, names)
+    figures = optuna_figures(study, ("param_importances", "pareto_front") if multi else
+                             ("param_importances",))  # fmt: skip
+    points = history_points(trial_rows(study))
+    if points:
+        figures["history"] = history_figure(points)
     for name, figure in figures.items():
         retry(client.log_figure, run_id, figure, f"plots/{name}.png")
         plt.close(figure)

@@ -15,6 +15,6 @@ def test_make_bench_quick_runs_every_script(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     written = {p.name for p in tmp_path.iterdir()}
-    for name in ("peers", "structured", "search", "ensembles"):
+    for name in ("peers", "structured", "search", "ensembles", "pipeline"):
         assert any(f.startswith(name) and f.endswith(".md") for f in written), (name, written)
     assert "| bench_peers.py |" in out.stdout

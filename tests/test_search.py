@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import optuna
-from lightning_prune.search import best_trials, load_study, run_search
+from lightning_prune.search import (
+    best_trials,
+    checkpoint_path,
+    checkpoint_roots,
+    load_study,
+    run_search,
+)
 from mlflow import MlflowClient
 from optuna.trial import TrialState
 
@@ -66,14 +71,15 @@ def test_search_records_trials_resumes_and_keeps_the_contract(tmp_path, monkeypa
     assert parent.info.status == "FINISHED" and "val_acc" in parent.data.metrics
     client = MlflowClient(attrs["tracking_uri"])
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert "plots/optimization_history.png" in plots
+    assert "plots/history.png" in plots
     for trial in reloaded.trials:
         assert set(CONTRACT) <= set(trial.user_attrs)
         assert trial.value == trial.user_attrs["val_acc"]
         violation = trial.constraints["min_sparsity"]
         assert math.isclose(violation, 0.6 - trial.user_attrs["sparsity"], abs_tol=1e-9)
         assert trial.user_attrs["feasible"] == (violation <= 0)
-        path = Path(trial.user_attrs["checkpoint"])
+        assert trial.user_attrs["checkpoint"] == f"trial_{trial.number}/model.pt"
+        path = checkpoint_path(trial, checkpoint_roots(reloaded))
         assert path == tmp_path / "runs" / "studies" / "s1" / f"trial_{trial.number}" / "model.pt"
         model, info = load_model(path)
         assert info["trial"] == trial.number

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from lightning_prune.search import load_study, runs
+from lightning_prune.search import checkpoint_path, checkpoint_roots, load_study, runs
 from lightning_prune.search.contract import TrialAttr
 from lightning_prune.search.retries import fail_stale, worker_id
 from lightning_prune.search.study_factory import open_search_study
@@ -127,8 +127,9 @@ def test_a_killed_trials_run_ends_failed_with_a_reason_and_nothing_stays_running
 
 def test_report_reads_the_best_model_from_mlflow_when_the_local_file_is_gone(resumed, capsys):
     cfg = load_config(resumed["args"])
-    best = load_study(resumed["storage"], "kill").best_trial
-    local = Path(best.user_attrs["checkpoint"])
+    study = load_study(resumed["storage"], "kill")
+    best = study.best_trial
+    local = checkpoint_path(best, checkpoint_roots(study))
     local.rename(local.with_suffix(".moved"))  # the best trial ran "on another machine"
     report = run_report(cfg)
     assert "layer_sparsity" in report.figures and report.figures["layer_sparsity"].is_file()
