@@ -30,6 +30,7 @@ from lightning_prune.preflight import (
 FAILURE = 1  # it ran and failed (or ended without a result)
 USAGE_ERROR = 2  # bad input, or something an option names is unusable: nothing ran
 INTERRUPTED = 130  # Ctrl-C
+TERMINATED = 128 + signal.SIGTERM  # 143: stopped by SIGTERM (a scheduler, `kill`)
 DEBUG_ENV = "LIGHTNING_PRUNE_DEBUG"  # =1: unexpected errors keep their traceback
 
 
@@ -111,9 +112,11 @@ def _search(cfg: DictConfig) -> int:
     study = run_search(cfg)
     print_report(study, top_k=int(cfg.search.top_k))
     outcome = study.user_attrs.get(StudyAttr.LAST_OUTCOME)
-    if outcome == "interrupted":
-        print("Interrupted: run the same command again to resume the study.", file=sys.stderr)
-        return INTERRUPTED
+    if outcome in ("interrupted", "terminated"):
+        print("Stopped: the running trial is recorded as failed (not counted). Run the same "
+              "command again to add search.n_trials more; with search.max_trials set it "
+              "finishes the study instead.", file=sys.stderr)  # fmt: skip
+        return INTERRUPTED if outcome == "interrupted" else TERMINATED
     if outcome == "incomplete":
         print("Workers stopped before search.n_trials were done (see the failed trials); "
               "run the same command again to continue.", file=sys.stderr)  # fmt: skip
@@ -338,7 +341,8 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns the exit code (0 ok, 1 failed, 2 bad input, 130 Ctrl-C)."""
+    """Run one command; returns the exit code (0 ok, 1 failed, 2 bad input, 130 Ctrl-C,
+    143 SIGTERM)."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as stop:  # --help, or argparse's one-line error
@@ -346,6 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     try:
         return _run(args)
+    except SystemExit as stop:  # Lightning's Trainer stops on SIGTERM with a bare one: 0
+        if type(stop).__name__ != "SIGTERMException":
+            raise
+        print_error(args.command, "stopped by SIGTERM")
+        return TERMINATED
     except ConfigError as err:
         print_error(args.command, str(err))
         return USAGE_ERROR

@@ -126,7 +126,7 @@ class StudyAttr:
     EXPERIMENT = "experiment"
     CONFIG = "config"  # the whole resolved config of the search
     DENSE_REFERENCE = "dense_reference"  # {val_acc, test_acc, params, seconds}
-    LAST_OUTCOME = "last_outcome"  # done | interrupted | timeout | incomplete
+    LAST_OUTCOME = "last_outcome"  # done | interrupted | terminated | timeout | incomplete | failed
 
 
 # --- where a trial's checkpoint is -------------------------------------------------------

@@ -7,6 +7,7 @@ constraints (`trial.set_constraint`, feasible when every value <= 0).
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 import warnings
@@ -27,6 +28,7 @@ from lightning_prune.search.reporter import TrialReporter
 from lightning_prune.search.retries import worker_id
 from lightning_prune.search.runs import TrialRun
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch import nn
 
 from lightning_prune.checkpoint import save_model
@@ -36,7 +38,18 @@ DEMANDS = ("min_sparsity", "max_nonzero_params", "max_flops", "max_latency_ms")
 
 
 class SearchInterrupted(Exception):
-    """Ctrl-C stopped the running trial; the study stops after recording it."""
+    """Ctrl-C or SIGTERM stopped the running trial; the study stops after recording it."""
+
+
+class StopRequest(threading.Event):
+    """Set by the first Ctrl-C or SIGTERM (`signum` says which): trials stop at the next
+    batch and are recorded; a scheduler's SIGTERM is then answered within its grace period."""
+
+    signum: int | None = None
+
+    @property
+    def signal_name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "SIGINT"
 
 
 class TrialFailed(Exception):
@@ -59,7 +72,7 @@ class SearchContext:
     params: list[space.Param]
     parent_run_id: str
     quota: TrialQuota
-    stop_event: threading.Event = field(default_factory=threading.Event)
+    stop_event: StopRequest = field(default_factory=StopRequest)
 
     @property
     def multi(self) -> bool:
@@ -177,10 +190,10 @@ def run_trial(trial: optuna.Trial, ctx: SearchContext) -> float | list[float]:
     except optuna.TrialPruned:
         state = "PRUNED"
         raise
-    except SearchInterrupted:
-        reason = "interrupted (SIGINT): stopped by the user"
+    except (SearchInterrupted, SIGTERMException) as err:  # Lightning stops on SIGTERM itself
+        reason = f"interrupted ({ctx.stop_event.signal_name}): stopped before its end"
         _record(trial, {TrialAttr.FAIL_REASON: reason, TrialAttr.INTERRUPTED: True})
-        raise
+        raise SearchInterrupted() from err
     except Exception as err:  # the study goes on; the reason is kept on both sides
         reason = f"{type(err).__name__}: {err}"
         trial.set_user_attr(TrialAttr.FAIL_REASON, reason[:2000])

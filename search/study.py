@@ -36,7 +36,13 @@ from lightning_prune.search.study_factory import (
     make_sampler,
     open_search_study,
 )
-from lightning_prune.search.worker import install_sigint, torch_threads, work, worker_main
+from lightning_prune.search.worker import (
+    install_stop_signals,
+    restore_signals,
+    torch_threads,
+    work,
+    worker_main,
+)
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
@@ -203,9 +209,9 @@ def _what_it_did(study: optuna.Study, quota: TrialQuota) -> str:
 def run_search(cfg: DictConfig) -> optuna.Study:
     """Run (or resume, or join) the study described by `cfg.search`; return it.
 
-    Its `StudyAttr.LAST_OUTCOME` says how this invocation ended: done, interrupted, timeout,
-    incomplete, or failed (no COMPLETE trial in the study, or every trial this run finished
-    failed).
+    Its `StudyAttr.LAST_OUTCOME` says how this invocation ended: done, interrupted (Ctrl-C),
+    terminated (SIGTERM), timeout, incomplete, or failed (no COMPLETE trial in the study, or
+    every trial this run finished failed).
 
     Single objective: `trial.value` is val_acc; `trial.constraints` hold one value per
     stated demand (feasible when all <= 0), so `study.best_trial` is the best feasible one.
@@ -236,7 +242,7 @@ def run_search(cfg: DictConfig) -> optuna.Study:
     ctx = SearchContext(cfg, params, parent_run_id, quota)
     timeout = cfg.search.timeout
     deadline = time.time() + float(timeout) if timeout is not None else None
-    previous = install_sigint(ctx.stop_event)
+    previous = install_stop_signals(ctx.stop_event)
     threads = torch.get_num_threads()
     torch.set_num_threads(torch_threads(cfg.search))
     progress = StudyProgress(study, quota, enabled=bool(cfg.search.progress))
@@ -250,15 +256,16 @@ def run_search(cfg: DictConfig) -> optuna.Study:
                 procs = [_spawn(cfg, ctx, i, deadline) for i in workers]
                 outcome = _supervise(cfg, study, procs, ctx, deadline)
         outcome = _judged(study, outcome, quota)
+        if outcome == "interrupted" and ctx.stop_event.signum == signal.SIGTERM:
+            outcome = "terminated"
     except Exception:
         outcome = "error"
         raise
     finally:
         torch.set_num_threads(threads)
-        if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+        restore_signals(previous)
         runs.finish_parent(
-            cfg, study, parent_run_id, interrupted=outcome == "interrupted",
+            cfg, study, parent_run_id, interrupted=outcome in ("interrupted", "terminated"),
             failed=outcome in ("error", "failed"),
         )  # fmt: skip
     study.set_user_attr(StudyAttr.LAST_OUTCOME, outcome)

@@ -29,6 +29,7 @@ from lightning_prune.search.objective import (
     DuplicateRecipe,
     SearchContext,
     SearchInterrupted,
+    StopRequest,
     run_trial,
 )
 from lightning_prune.search.optuna_private import heartbeat
@@ -119,23 +120,32 @@ def torch_threads(search: DictConfig) -> int:
     return max(1, (os.cpu_count() or 1) // int(search.workers))
 
 
-def install_sigint(stop_event: threading.Event, announce: bool = True, abort: bool = True):
-    """First Ctrl-C: finish by recording the running trial; second: abort at once
-    (`abort=False` in worker processes: only their parent decides to abort)."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def install_stop_signals(stop: StopRequest, announce: bool = True, abort: bool = True) -> dict:
+    """First Ctrl-C or SIGTERM: stop, recording the running trial and ending its MLflow run;
+    second: abort at once (`abort=False` in worker processes: only their parent decides).
+    Returns the previous handlers, for `restore_signals`."""
     if threading.current_thread() is not threading.main_thread():
-        return None
+        return {}
 
-    def handler(_signum, _frame):
-        if stop_event.is_set() and abort:
+    def handler(signum, _frame):
+        if stop.is_set() and abort:
             raise KeyboardInterrupt
-        stop_event.set()
+        stop.signum = stop.signum or signum
+        stop.set()
         if announce:
-            print(
-                "\nCtrl-C: stopping after the running trial is recorded (press again to abort)",
-                flush=True,
-            )
+            what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+            print(f"\n{what}: stopping after the running trial is recorded (Ctrl-C again to "
+                  "abort)", flush=True)  # fmt: skip
 
-    return signal.signal(signal.SIGINT, handler)
+    return {signum: signal.signal(signum, handler) for signum in STOP_SIGNALS}
+
+
+def restore_signals(previous: dict) -> None:
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def worker_main(
@@ -153,7 +163,7 @@ def worker_main(
     cfg = OmegaConf.create(cfg_dict)
     torch.set_num_threads(torch_threads(cfg.search))
     ctx = SearchContext(cfg, space.parse_space(cfg), parent_run_id, quota)
-    install_sigint(ctx.stop_event, announce=False, abort=False)
+    install_stop_signals(ctx.stop_event, announce=False, abort=False)
     study = open_search_study(cfg)
     outcome = work(study, ctx, deadline)
     raise SystemExit(130 if outcome == "interrupted" else 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 
 from lightning_prune.search import load_study
 from mlflow import MlflowClient
@@ -23,7 +24,7 @@ def test_ctrl_c_marks_the_running_trial_and_the_same_command_resumes(tmp_path, m
     finally:
         slow.kill()
     assert slow.returncode == 130, out
-    assert "run the same command again to resume" in out
+    assert "Run the same command again to add search.n_trials more" in out
     trial = load_study(storage, "cli").trials[running.number]
     assert trial.state == TrialState.FAIL and trial.user_attrs["interrupted"] is True
     assert "interrupted" in trial.user_attrs["fail_reason"]
@@ -41,3 +42,57 @@ def test_ctrl_c_marks_the_running_trial_and_the_same_command_resumes(tmp_path, m
     best = study.best_trial
     assert "feasible trials" in out and f"{best.user_attrs['val_acc']:.4f}" in out
     assert "lightning-prune ui" in out
+
+
+def test_sigterm_to_the_search_ends_the_trial_and_the_study_run_and_exits_143(tmp_path):
+    """What a scheduler (Slurm, Kubernetes, `kill`) sends: nothing is left RUNNING."""
+    storage, uri = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlflow.db"
+    args = tiny(tmp_path, "search.study_name=term", "search.n_trials=2", "search.pruner.kind=none",
+                "search.dense_reference=false")  # fmt: skip
+    slow = cli("search", *args, "trainer.max_epochs=200", cwd=tmp_path)
+    try:
+        running = wait_for(StudyWatcher(storage, "term").running, 120, what="a running trial")
+        slow.send_signal(signal.SIGTERM)  # the main process only, not its group
+        out, _ = slow.communicate(timeout=120)
+    finally:
+        slow.kill()
+    assert slow.returncode == 143, out
+    assert "SIGTERM: stopping after the running trial is recorded" in out
+    trial = load_study(storage, "term").trials[running.number]
+    assert trial.state == TrialState.FAIL and trial.user_attrs["interrupted"] is True
+    assert "interrupted (SIGTERM)" in trial.user_attrs["fail_reason"]
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("lightning-prune").experiment_id
+    runs = {r.data.tags.get("job"): r for r in client.search_runs([experiment])}
+    assert runs["search-trial"].info.status == "KILLED"
+    assert runs["search"].info.status == "KILLED"
+    assert all(r.info.status != "RUNNING" for r in client.search_runs([experiment]))
+
+
+def test_sigterm_to_train_exits_143_and_ends_its_run(tmp_path):
+    """Lightning answers SIGTERM with a bare SystemExit (exit code 0); the CLI says 143."""
+    args = tiny(tmp_path, "pruning=magnitude_gradual", "trainer.max_epochs=500")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(uri).search_experiments()  # the store exists before both sides open it
+    slow = cli("train", *args, cwd=tmp_path)
+    try:
+        wait_for(lambda: _a_running_run(uri), 120, what="the train run")
+        slow.send_signal(signal.SIGTERM)
+        out, _ = slow.communicate(timeout=120)
+    finally:
+        slow.kill()
+    assert slow.returncode == 143, out
+    assert "train: error: stopped by SIGTERM" in out
+    assert _a_running_run(uri) is None
+
+
+def _a_running_run(uri: str):
+    """The first RUNNING run of the store, None when there is none (or no store yet)."""
+    if not Path(uri.removeprefix("sqlite:///")).exists():
+        return None
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("lightning-prune")
+    if experiment is None:
+        return None
+    runs = client.search_runs([experiment.experiment_id], "attributes.status = 'RUNNING'")
+    return runs[0] if runs else None
