@@ -44,7 +44,7 @@ $(BIN)/python:
 # (a plain `torch` requirement would pull a large CUDA build on Linux).
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "$(TORCH)"
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[all,dev]"
 	touch $(STAMP)
 
 # Fashion-MNIST: Debian's package when we may install it; otherwise the data module

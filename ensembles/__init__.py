@@ -10,6 +10,7 @@
 - :func:`run_ensemble` -- the `lightning-prune ensemble` command.
 """
 
+from lightning_prune.ensembles import _needs  # noqa: F401  (names the missing extras)
 from lightning_prune.ensembles.artifact import (
     ensemble_file,
     ensemble_folder,

@@ -17,6 +17,7 @@ Public API:
 
 from __future__ import annotations
 
+from lightning_prune.search import _needs  # noqa: F401  (names the missing extras)
 from lightning_prune.search.contract import (
     DEFAULT_STORAGE,
     CurvePoint,

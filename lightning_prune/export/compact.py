@@ -22,11 +22,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from lightning_prune.export.heads import replace_attention_heads, shrink_linear_heads
+from lightning_prune.extras import missing, require
 from lightning_prune.pruning.attention import check_attention_heads
+
+if not missing(("torch_pruning",)):  # the `export` extra; `compact` says so when absent
+    import torch_pruning as tp
 
 _PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _PASS_THROUGH = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -192,6 +195,7 @@ def compact(
     The copy is in eval mode; its outputs on ``example_input`` are checked against the
     original's with ``rtol``/``atol`` and a RuntimeError is raised if they differ.
     """
+    require("structural compaction (torch-pruning)")
     attention_heads = check_attention_heads(attention_heads)
     was_training = model.training
     model.eval()

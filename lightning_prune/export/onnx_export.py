@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from lightning_prune.extras import require
+
 
 def export_onnx(
     model: nn.Module,
@@ -32,6 +34,7 @@ def export_onnx(
     ``verify`` runs ``onnx.checker`` and one onnxruntime inference on ``example_input`` and
     raises a RuntimeError if its output differs from torch's beyond ``rtol``/``atol``.
     """
+    require("ONNX export")
     import onnx
 
     path = Path(path)
@@ -63,6 +66,7 @@ def export_onnx(
 
 def onnx_session(path: str | Path, threads: int = 1):  # -> onnxruntime.InferenceSession
     """A CPU onnxruntime session with ``threads`` intra-op threads."""
+    require("ONNX export")
     import onnxruntime as ort
 
     options = ort.SessionOptions()

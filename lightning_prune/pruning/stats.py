@@ -102,10 +102,9 @@ def logged_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
 
 def render_summary(summary: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]) -> None:
     """Print the fit-end report: a per-layer table and the controller's decisions."""
-    from rich.console import Console
-    from rich.table import Table
+    from lightning_prune.pruning.plain_output import console_and_table
 
-    console = Console()
+    console, Table = console_and_table()
     table = Table(title="AdaptivePruning: per-layer sparsity")
     for column in ("layer", "shape", "weights", "kept", "sparsity"):
         table.add_column(column, justify="left" if column in ("layer", "shape") else "right")
