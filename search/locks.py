@@ -1,12 +1,17 @@
-"""Exclusive file locks among the processes of one machine, where a shared file needs them."""
+"""Exclusive file locks among the processes of one machine, where a shared file needs them.
+
+`filelock` (a dependency of torch) replaces a hand-made `fcntl.flock`: the same kernel lock on
+POSIX, `msvcrt` on Windows, and a soft lock where a filesystem has no flock. The `*.lock` files
+stay beside the shared file on purpose: deleting one that another process waits on breaks it.
+"""
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 from collections.abc import Iterator
 from pathlib import Path
 
+from filelock import FileLock
 from lightning_prune.search.contract import parse_storage
 
 from lightning_prune import tracking
@@ -14,13 +19,10 @@ from lightning_prune import tracking
 
 @contextlib.contextmanager
 def file_lock(path: str | Path) -> Iterator[None]:
-    """An exclusive lock on `path` among this machine's processes (created if missing)."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """An exclusive lock on `path` among this machine's processes (created if missing); it is
+    released when its holder exits, even killed."""
+    with FileLock(path):
+        yield
 
 
 @contextlib.contextmanager
