@@ -1,13 +1,13 @@
 """CPU inference latency: median milliseconds per batch, for torch and onnxruntime.
 
-Medians over repeats (after warm-up) resist the noise of a shared machine; thread
-counts are set explicitly because torch otherwise uses every core it sees.
+`torch.utils.benchmark.Timer` does the timing (a replaced hand-made `perf_counter` loop): it
+sets and restores the torch thread count and synchronises an accelerator before reading the
+clock. Each of the `repeats` samples is one timed call after Timer's own warm-up calls; medians
+over the samples resist the noise of a shared machine.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,21 +15,20 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.benchmark import Measurement, Timer
 
 
-def _timings_ms(run: Callable[[], Any], repeats: int, warmup: int) -> list[float]:
-    for _ in range(warmup):
-        run()
-    timings = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        timings.append((time.perf_counter() - start) * 1e3)
-    return timings
+def _measure(run: Callable[[], Any], repeats: int, warmup: int, threads: int) -> Measurement:
+    """`repeats` one-call samples of `run` with `threads` torch threads, after `warmup` calls."""
+    timer = Timer(stmt="run()", globals={"run": run}, num_threads=threads)
+    if warmup > 0:
+        timer.timeit(warmup)
+    return Measurement.merge([timer.timeit(1) for _ in range(repeats)])[0]
 
 
-def _summary(timings: list[float], batch_size: int, threads: int) -> dict[str, float]:
-    median = statistics.median(timings)
+def _summary(measurement: Measurement, batch_size: int, threads: int) -> dict[str, float]:
+    timings = [t * 1e3 for t in measurement.times]
+    median = float(np.median(timings))
     return {
         "median_ms": median,
         "p90_ms": float(np.percentile(timings, 90)),
@@ -39,6 +38,11 @@ def _summary(timings: list[float], batch_size: int, threads: int) -> dict[str, f
         "repeats": len(timings),
         "threads": threads,
     }
+
+
+def _check(repeats: int, batch_size: int, threads: int) -> None:
+    if repeats < 1 or batch_size < 1 or threads < 1:
+        raise ValueError("repeats, batch_size and threads must be >= 1")
 
 
 def measure_latency(
@@ -55,20 +59,16 @@ def measure_latency(
     Runs under ``torch.inference_mode`` with ``threads`` intra-op threads (restored after).
     Returns median_ms, p90_ms, min_ms, throughput_per_s, batch_size, repeats, threads.
     """
-    if repeats < 1 or batch_size < 1 or threads < 1:
-        raise ValueError("repeats, batch_size and threads must be >= 1")
+    _check(repeats, batch_size, threads)
     was_training = model.training
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
     model.eval()
     batch = torch.randn(batch_size, *input_shape)
     try:
         with torch.inference_mode():
-            timings = _timings_ms(lambda: model(batch), repeats, warmup)
+            measurement = _measure(lambda: model(batch), repeats, warmup, threads)
     finally:
-        torch.set_num_threads(previous_threads)
         model.train(was_training)
-    return _summary(timings, batch_size, threads)
+    return _summary(measurement, batch_size, threads)
 
 
 def measure_onnx_latency(
@@ -83,8 +83,9 @@ def measure_onnx_latency(
     """Same as :func:`measure_latency` for an exported ONNX file run by onnxruntime."""
     from lightning_prune.export.onnx_export import onnx_session
 
+    _check(repeats, batch_size, threads)
     session = onnx_session(path, threads)
     feed = {"input": np.random.default_rng(0).standard_normal((batch_size, *input_shape))}
     feed["input"] = feed["input"].astype(np.float32)
-    timings = _timings_ms(lambda: session.run(None, feed), repeats, warmup)
-    return _summary(timings, batch_size, threads)
+    measurement = _measure(lambda: session.run(None, feed), repeats, warmup, threads)
+    return _summary(measurement, batch_size, threads)
