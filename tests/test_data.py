@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 
 import numpy as np
 import pytest
@@ -98,3 +99,39 @@ def test_shuffle_depends_on_epoch_and_seed_only():
     again = SyntheticDataModule(num_train=100, batch_size=10, seed=3).train_dataloader()
     again.sampler.set_epoch(1)
     assert second == [labels.tolist() for _, labels in again] and first != second
+
+
+def _served(tmp_path, monkeypatch, md5: dict[str, str]) -> None:
+    """Serve four files from a local folder as the download, with these checksums."""
+    served = tmp_path / "served"
+    served.mkdir()
+    for name in locate_module.FILES.values():
+        (served / name).write_bytes(name.encode())
+    monkeypatch.setattr(locate_module, "DOWNLOAD_URL", served.as_uri() + "/")
+    monkeypatch.setattr(locate_module, "MD5", md5)
+    monkeypatch.setattr(locate_module, "SYSTEM_DIR", tmp_path / "nowhere")
+    monkeypatch.setattr(locate_module, "DEFAULT_CACHE", tmp_path / "cache")
+    monkeypatch.delenv("LIGHTNING_PRUNE_DATA", raising=False)
+
+
+def test_download_keeps_files_whose_checksum_matches(tmp_path, monkeypatch):
+    names = locate_module.FILES.values()
+    _served(tmp_path, monkeypatch, {n: hashlib.md5(n.encode()).hexdigest() for n in names})
+    assert locate(None) == tmp_path / "cache"
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(names)
+
+
+def test_a_download_with_a_wrong_checksum_names_the_file_and_keeps_nothing(tmp_path, monkeypatch):
+    names = list(locate_module.FILES.values())
+    md5 = {n: hashlib.md5(n.encode()).hexdigest() for n in names}
+    md5[names[1]] = "0" * 32
+    _served(tmp_path, monkeypatch, md5)
+    with pytest.raises(DataFileError, match=f"{names[1]} downloaded from .* has MD5"):
+        locate(None)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == [names[0]]
+
+
+def test_the_real_download_is_https_with_a_checksum_per_file():
+    assert locate_module.DOWNLOAD_URL.startswith("https://")
+    assert set(locate_module.MD5) == set(locate_module.FILES.values())
+    assert all(len(digest) == 32 for digest in locate_module.MD5.values())
