@@ -116,7 +116,12 @@ def start_parent(cfg: DictConfig, study: optuna.Study) -> str:
 
 
 class TrialRun:
-    """The child run of one trial: parameters, curves, final metrics, state, artifact."""
+    """The child run of one trial: parameters, curves, final metrics, state, artifact.
+
+    Kept on MlflowClient rather than Lightning's MLFlowLogger, which writes without `retry` (the
+    workers share one SQLite store) and ends the run FINISHED when fit ends, before the trial's
+    state (a stopped trial ends KILLED) is known.
+    """
 
     def __init__(self, cfg: DictConfig, parent_run_id: str, trial: optuna.Trial) -> None:
         self.client = MlflowClient(cfg.tracking.uri)
