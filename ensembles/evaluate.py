@@ -54,6 +54,7 @@ class EnsembleReport:
     best_member: dict[str, Any]
     costs: dict[str, float]
     notes: list[str] = field(default_factory=list)
+    dense: dict[str, Any] = field(default_factory=dict)  # the study's dense reference, if any
 
     def metrics(self) -> dict[str, float]:
         """Flat numeric metrics for MLflow."""
@@ -103,10 +104,12 @@ def evaluate_ensemble(
 
 
 def report_table(report: EnsembleReport, title: str = "lightning-prune ensemble") -> Table:
-    """Members, ensemble and best member (on test) with accuracy, NLL, weight and size."""
+    """Members, ensemble, best member and one dense model (on test) with accuracy, NLL,
+    weight and size: the dense row is the bar the ensemble is judged against."""
     table = Table(title=title, header_style="bold")
-    for column in ("model", "weight", "test acc", "test NLL", "nonzero params"):
-        table.add_column(column, justify="left" if column == "model" else "right")
+    table.add_column("model", overflow="fold")
+    for column in ("weight", "test acc", "test NLL", "nonzero params"):
+        table.add_column(column, justify="right", no_wrap=True)
     for row in report.rows:
         table.add_row(row["name"], f"{row['weight']:.3f}", f"{row['test_acc']:.4f}",
                       f"{row['test_nll']:.4f}", f"{row['nonzero_params']:,}")  # fmt: skip
@@ -118,7 +121,9 @@ def report_table(report: EnsembleReport, title: str = "lightning-prune ensemble"
     ens = report.ensemble
     table.add_row("[bold]ensemble[/bold]", "1.000", f"[bold]{ens['test_acc']:.4f}",
                   f"{ens['test_nll']:.4f}", f"{int(c['nonzero_params']):,}")  # fmt: skip
-    table.add_row("one dense model", "", "", "", f"{int(c['dense_params']):,}")
+    dense_acc = report.dense.get("test_acc")
+    table.add_row("one dense model", "", "-" if dense_acc is None else f"{dense_acc:.4f}", "-",
+                  f"{int(c['dense_params']):,}")  # fmt: skip
     table.caption = (
         f"ensemble: {c['params_vs_dense']:.1%} of one dense model's parameters, "
         f"{c['flops_vs_dense']:.1%} of its FLOPs ({int(c['flops']):,} vs "

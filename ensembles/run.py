@@ -140,6 +140,7 @@ def run_ensemble(cfg: DictConfig) -> EnsembleResult:
     datamodule.setup("test")
     report = evaluate_ensemble(ensemble, datamodule.test_dataloader(), [m.name for m in members],
                                latency_batch=options.latency_batch)  # fmt: skip
+    report.dense = _dense_reference(cfg, study)
     settings = {"study": study.study_name, "storage": storage, **_plain(options)}
     path = Path(options.output or ensemble_file(output_dir, study.study_name, options.weighting))
     evaluation = {"rows": report.rows, "ensemble": report.ensemble, "costs": report.costs}
@@ -162,6 +163,14 @@ def run_ensemble(cfg: DictConfig) -> EnsembleResult:
             tags={"study": study.study_name}, data=_data_config(cfg, study)[0],
         )  # fmt: skip
     return result
+
+
+def _dense_reference(cfg: DictConfig, study: optuna.Study) -> dict[str, Any]:
+    """The study's dense model (its test accuracy), when the ensemble is tested on the data
+    that model was tested on: otherwise the two numbers would not compare."""
+    if _data_config(cfg, study)[1] == "data":
+        return {}
+    return dict(study.user_attrs.get(StudyAttr.DENSE_REFERENCE) or {})
 
 
 def _shared_metrics(

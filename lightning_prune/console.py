@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-console = Console()
+PIPED_WIDTH = 100  # rich's default when piped is 80; a log or file is read wider, not unbounded
+
+
+def make_console(**kwargs: Any) -> Console:
+    """A Console at the terminal's width, or PIPED_WIDTH columns when piped: tables then wrap
+    to a width a log viewer shows whole. An exported COLUMNS still wins."""
+    console = Console(**kwargs)
+    if console.is_terminal or os.environ.get("COLUMNS") or "width" in kwargs:
+        return console
+    return Console(width=PIPED_WIDTH, **kwargs)
+
+
+console = make_console()
 
 
 def _fmt(value: Any) -> str:
@@ -22,8 +35,8 @@ def _fmt(value: Any) -> str:
 def key_value_table(title: str, rows: dict[str, Any]) -> Table:
     """A two-column table of named values."""
     table = Table(title=title, show_header=True, header_style="bold")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
+    table.add_column("metric", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
     for key, value in rows.items():
         table.add_row(key, _fmt(value))
     return table

@@ -68,6 +68,26 @@ def _trainer_kwargs(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.trainer, resolve=True)
 
 
+def _fit(trainer: pl.Trainer, model: Any, datamodule: Any, pruning: Any) -> None:
+    """`trainer.fit`, with the callback's per-layer table printed once fit has returned: the
+    callback prints it from `on_fit_end`, which runs while a RichProgressBar is still live
+    (that bar stops in `teardown`), so the table would land inside the bar's display."""
+    verbose = bool(getattr(pruning, "verbose", False))
+    if verbose:
+        pruning.verbose = False
+    try:
+        trainer.fit(model, datamodule=datamodule)
+    finally:
+        if verbose:
+            pruning.verbose = True
+    finished = not getattr(trainer, "interrupted", False)  # as on_fit_end: not on Ctrl-C
+    if verbose and finished and trainer.is_global_zero and pruning.masks:
+        from lightning_prune.pruning.stats import render_summary
+
+        shapes = {name: tuple(mask.shape) for name, mask in pruning.masks.items()}
+        render_summary(pruning.summary(), shapes)
+
+
 def fit_and_test(
     cfg: DictConfig,
     *,
@@ -86,7 +106,7 @@ def fit_and_test(
     except (TypeError, ValueError) as err:
         raise ConfigError(f"trainer: {err}") from None
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule)
+    _fit(trainer, model, datamodule, pruning)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if test and not getattr(trainer, "interrupted", False):
         tested = trainer.test(model, datamodule=datamodule, verbose=False)

@@ -6,6 +6,7 @@ nothing changes (a long trial), and return to `interval` when a trial starts or 
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 
@@ -13,14 +14,60 @@ import optuna
 from lightning_prune.search.contract import best_trials, state_counts
 from lightning_prune.search.quota import TrialQuota
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+BAR_WIDTH = 24  # with done/total, elapsed and ETA the first line fits in 80 columns
+
+
+def _clock(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=max(0, round(seconds))))
+
+
+class EtaColumn(ProgressColumn):
+    """Time left at this command's pace so far (elapsed / done x left). Rich's own estimate
+    reads only the last 30 s of progress, and one trial takes minutes, so it would show
+    nothing for most of a search."""
+
+    def render(self, task: Task) -> Text:
+        if task.finished:
+            return Text("eta 0:00:00", style="progress.remaining")
+        if not task.completed or task.elapsed is None or task.total is None:
+            return Text("eta -:--:--", style="progress.remaining")
+        left = task.elapsed / task.completed * (task.total - task.completed)
+        return Text(f"eta {_clock(left)}", style="progress.remaining")
+
+
+class StudyDisplay(Progress):
+    """The bar on the first line (done/total, elapsed, ETA) and the study's counts on a
+    second one, cut to the terminal width: on one line at 80 columns the counts pushed the
+    timings off the end."""
+
+    def get_renderables(self):
+        yield self.make_tasks_table(self.tasks)
+        status = self.tasks[0].fields.get("status", "") if self.tasks else ""
+        if status:
+            yield Text(f"  {status}", no_wrap=True, overflow="ellipsis")
+
+
+def study_display(console: Console | None = None) -> StudyDisplay:
+    """`study ━━━━ 3/10 trials  0:04:12 elapsed  eta 0:09:48`, then the counts."""
+    return StudyDisplay(
+        TextColumn("[bold]study"),
+        BarColumn(bar_width=BAR_WIDTH),
+        TextColumn("{task.completed}/{task.total} trials"),
+        TimeElapsedColumn(),
+        TextColumn("elapsed"),
+        EtaColumn(),
+        console=console,
+    )
 
 
 class StudyProgress:
     """`with StudyProgress(study, quota): ...` shows this command's trials done out of its
-    `n_trials`, the study's finished / pruned / failed, best so far and elapsed time, read
-    from the storage every `interval` seconds, backing off
-    to every `max_interval` seconds while nothing changes."""
+    `n_trials`, elapsed time and an ETA, then the study's finished / pruned / failed and
+    best so far, read from the storage every `interval` seconds, backing off to every
+    `max_interval` seconds while nothing changes."""
 
     def __init__(
         self,
@@ -37,7 +84,7 @@ class StudyProgress:
         self.console = console or Console(stderr=True)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._progress: Progress | None = None
+        self._progress: StudyDisplay | None = None
         self._task = None
 
     def describe(self) -> tuple[int, str]:
@@ -65,7 +112,7 @@ class StudyProgress:
             return False
         done, text = shown
         done = min(done, self.quota.n_trials)
-        self._progress.update(self._task, completed=done, description=text)
+        self._progress.update(self._task, completed=done, status=text)
         changed, self._shown = shown != self._shown, shown
         return changed
 
@@ -77,15 +124,8 @@ class StudyProgress:
     def __enter__(self) -> StudyProgress:
         if not self.enabled:
             return self
-        self._progress = Progress(
-            TextColumn("[bold]study"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.description}"),
-            TimeElapsedColumn(),
-            console=self.console,
-        )
-        self._task = self._progress.add_task("starting", total=self.quota.n_trials)
+        self._progress = study_display(self.console)
+        self._task = self._progress.add_task("study", total=self.quota.n_trials, status="")
         self._progress.start()
         self._refresh()
         self._thread = threading.Thread(target=self._loop, daemon=True)

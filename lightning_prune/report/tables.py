@@ -10,6 +10,7 @@ from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.table import Table
 
+from lightning_prune.console import make_console
 from lightning_prune.search.contract import (
     TrialAttr,
     best_trials,
@@ -128,7 +129,10 @@ def trials_table(study: optuna.Study, top_k: int = 5) -> Table:
     )
     table = Table(title=title, header_style="bold")
     for column in COLUMNS:
-        table.add_column(column, justify="left" if column in ("status", "recipe") else "right")
+        if column in ("status", "recipe"):  # wrap to the width left; fold a long token
+            table.add_column(column, overflow="fold")
+        else:  # short numbers: never split across lines
+            table.add_column(column, justify="right", no_wrap=True)
     for row in table_rows(rows, width=STATUS_WIDTH):
         table.add_row(*row)
     return table
@@ -149,8 +153,7 @@ def markdown_table(trials: list[FrozenTrial]) -> list[str]:
 def print_report(study: optuna.Study, top_k: int = 5, console: Console | None = None) -> None:
     """Print the table and where the study's runs are in MLflow."""
     if console is None:
-        console = Console()
-        console = console if console.is_terminal else Console(width=160)
+        console = make_console()
     if not best_trials(study):
         console.print(
             f"study {study.study_name}: no feasible complete trial yet {state_counts(study)}"
