@@ -343,7 +343,7 @@ def write_report(args, acc, achieved, steps, adaptive: str, elapsed: float) -> N
     print(text)
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{args.output}.md").write_text(text + "\n")
-    plot(args, acc)
+    plot(args)
 
 
 def verdict(args, acc, adaptive: str) -> str:
@@ -372,26 +372,11 @@ def verdict(args, acc, adaptive: str) -> str:
     return line
 
 
-def plot(args, acc) -> None:
-    import matplotlib
+def plot(args) -> None:
+    """The figure, drawn from the table just written (benchmarks/peers_figure.py)."""
+    from peers_figure import redraw
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axis = plt.subplots(figsize=(6, 4))
-    xs = [100 * s for s in args.sparsities]
-    for method in args.labels:
-        med = [100 * statistics.median(acc[method][s]) for s in args.sparsities]
-        low = [m - 100 * min(acc[method][s]) for m, s in zip(med, args.sparsities, strict=True)]
-        high = [100 * max(acc[method][s]) - m for m, s in zip(med, args.sparsities, strict=True)]
-        axis.errorbar(xs, med, yerr=[low, high], marker="o", capsize=3, label=method)
-    axis.axhline(100 * statistics.median(acc["dense"][0.0]), color="gray", ls="--", label="dense")
-    axis.set_xlabel("sparsity of prunable weights (%)")
-    axis.set_ylabel("test accuracy (%)")
-    axis.set_title("Fashion-MNIST, LeNet-300-100")
-    axis.legend(fontsize=8)
-    figure.tight_layout()
-    figure.savefig(RESULTS / f"{args.output}.png", dpi=120)
+    redraw(RESULTS / f"{args.output}.md")
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ def optuna_figures(study: optuna.Study, names: Iterable[str]) -> dict[str, Any]:
     import matplotlib
 
     matplotlib.use("Agg")
+    from matplotlib.ticker import MaxNLocator
+
     drawers = _drawers(study)
     figures = {}
     verbosity = optuna.logging.get_verbosity()
@@ -44,6 +46,8 @@ def optuna_figures(study: optuna.Study, names: Iterable[str]) -> dict[str, Any]:
                     axes = drawers[name]()
             except Exception:  # too few trials, one distinct value, ...: not drawable yet
                 continue
+            if name == "optimization_history":  # x is the trial number: no 2.5
+                axes.xaxis.set_major_locator(MaxNLocator(integer=True))
             figure = getattr(axes, "figure", None) or axes.flat[0].figure
             figure.set_size_inches(8, 5)
             figure.tight_layout()

@@ -15,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def save(fig: plt.Figure, path: Path) -> Path:
@@ -23,6 +24,17 @@ def save(fig: plt.Figure, path: Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def drawn_trials(points: list[dict]) -> str:
+    """What a sparsity figure shows, for its title: "feasible trials" when only those are
+    drawn, so a reader does not take the missing infeasible ones for absent data."""
+    kinds = {bool(p["feasible"]) for p in points}
+    if kinds == {True}:
+        return f"{len(points)} feasible trials"
+    if kinds == {False}:
+        return f"{len(points)} infeasible trials (none feasible)"
+    return f"{len(points)} complete trials, feasible and infeasible"
 
 
 def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -34,7 +46,13 @@ def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]
 def accuracy_vs_sparsity(
     points: list[dict], dense_acc: float | None, path: Path, metric: str = "val_acc"
 ) -> Path:
-    """Every finished trial, feasible or not, with the Pareto front and the dense line."""
+    """`sparsity_figure`, saved."""
+    return save(sparsity_figure(points, dense_acc, metric), path)
+
+
+def sparsity_figure(points: list[dict], dense_acc: float | None, metric: str = "val_acc"):
+    """Every complete trial, feasible or not, with the Pareto front and the dense line; the
+    title names which of them are drawn."""
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
     for feasible, colour, label in ((True, "tab:blue", "feasible"), (False, "0.6", "infeasible")):
         chosen = [p for p in points if p["feasible"] == feasible]
@@ -50,10 +68,10 @@ def accuracy_vs_sparsity(
         ax.axhline(100 * dense_acc, c="k", ls="--", lw=1, label=f"dense ({100 * dense_acc:.2f}%)")
     ax.set_xlabel("sparsity of prunable weights (%)")
     ax.set_ylabel(f"{metric} (%)")
-    ax.set_title("Accuracy vs sparsity, all finished trials")
+    ax.set_title(f"Accuracy vs sparsity: {drawn_trials(points)}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left", fontsize=8)
-    return save(fig, path)
+    return fig
 
 
 # How each way a trial ended is drawn; stopped kinds take STOPPED_COLOURS in order of appearance.
@@ -94,6 +112,7 @@ def history_figure(points: list[dict], metric: str = "val_acc") -> plt.Figure:
         ys.append(ys[-1])
         ax.step(xs, ys, where="post", c="tab:green", lw=1.5, label="best feasible so far")
     ax.set_xlabel("trial")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # trial numbers: no 2.5
     ax.set_ylabel(f"{metric} (%; stopped, failed: last reported)")
     ax.set_title("Study history: every trial, stopped ones by why")
     ax.grid(alpha=0.3)
@@ -120,18 +139,40 @@ def layer_sparsity(layers: dict[str, float], path: Path, title: str) -> Path:
     return save(fig, path)
 
 
+def accuracy_baseline(values: list[float], step: float = 5.0) -> float:
+    """Where the accuracy axis starts: the round `step` below the lowest bar, at least one
+    point under it. Starting at 0 hides differences of a point; starting just under the
+    lowest bar makes a 1-point gap look like a 10x one. The axis label says where it starts."""
+    return max(0.0, step * math.floor((min(values) - 1.0) / step))
+
+
+def bar_label(row: dict) -> str:
+    """Accuracy, the member's weight in the ensemble (unused at 0) and its size."""
+    text = f"{100 * row['test_acc']:.2f}%"
+    if row.get("weight") is not None:
+        text += f"  weight {row['weight']:.2f}" + (" (unused)" if row["weight"] <= 0 else "")
+    return f"{text}  {row['nonzero']:,} nonzero"
+
+
 def ensemble_comparison(rows: list[dict], path: Path) -> Path:
-    """Test accuracy of the ensemble, each member, and the dense model, with their sizes."""
-    fig, ax = plt.subplots(figsize=(6.4, 0.5 * len(rows) + 1.6))
+    """`ensemble_figure`, saved."""
+    return save(ensemble_figure(rows), path)
+
+
+def ensemble_figure(rows: list[dict]) -> plt.Figure:
+    """Test accuracy of the ensemble, each member (with its weight) and the dense model, with
+    their nonzero parameters, from a round baseline named on the axis."""
+    fig, ax = plt.subplots(figsize=(7.2, 0.5 * len(rows) + 1.8))
     colours = {"ensemble": "tab:green", "member": "tab:blue", "dense": "0.4"}
     names = [r["name"] for r in rows]
     values = [100 * r["test_acc"] for r in rows]
-    bars = ax.barh(names, values, color=[colours.get(r["kind"], "tab:blue") for r in rows])
-    labels = [f"{v:.2f}%  ({r['nonzero']:,} nonzero)" for v, r in zip(values, rows, strict=True)]
-    ax.bar_label(bars, labels=labels, padding=3, fontsize=8)
-    low = min(values) - 3
-    ax.set_xlim(low, max(values) + (max(values) - low) * 0.6)
+    base = accuracy_baseline(values)
+    bars = ax.barh(names, [v - base for v in values], left=base,
+                   color=[colours.get(r["kind"], "tab:blue") for r in rows])  # fmt: skip
+    ax.bar_label(bars, labels=[bar_label(r) for r in rows], padding=3, fontsize=8)
+    top = max(values)
+    ax.set_xlim(base, top + (top - base) * 0.9)  # room for the labels right of the bars
     ax.invert_yaxis()
-    ax.set_xlabel("test accuracy (%)")
-    ax.set_title("Ensemble vs its members vs dense")
-    return save(fig, path)
+    ax.set_xlabel(f"test accuracy (%; axis starts at {base:g}%)")
+    ax.set_title("Test accuracy: ensemble, weighted members, one dense model")
+    return fig

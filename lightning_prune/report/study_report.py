@@ -168,8 +168,10 @@ def _markdown(study, ranked, dense, ensemble, images, top_k: int, notes) -> str:
     if not ranked:
         lines.append("\nNo feasible complete trial yet.")
     if ensemble:
-        lines += ["", "## Ensemble", "", "| model | test_acc | nonzero |", "|---|---:|---:|"]
-        lines += [f"| {r['name']} | {r['test_acc']:.4f} | {r['nonzero']:,} |" for r in ensemble]
+        lines += ["", "## Ensemble", "", "| model | weight | test_acc | nonzero |",
+                  "|---|---:|---:|---:|"]  # fmt: skip
+        lines += [f"| {r['name']} | {fmt(r.get('weight'), 3)} | {r['test_acc']:.4f} | "
+                  f"{r['nonzero']:,} |" for r in ensemble]  # fmt: skip
     lines += ["", "## Figures", ""]
     lines += [f"![{name}]({path.name})" for name, path in images.items()]
     if notes:
@@ -224,7 +226,8 @@ def ensemble_rows(info: dict[str, Any] | None) -> list[dict[str, Any]] | None:
              "test_acc": evaluation["ensemble"]["test_acc"],
              "nonzero": int(costs["nonzero_params"])}]  # fmt: skip
     rows += [{"name": r["name"], "kind": "member", "test_acc": r["test_acc"],
-              "nonzero": int(r["nonzero_params"])} for r in evaluation["rows"]]  # fmt: skip
+              "weight": r.get("weight"), "nonzero": int(r["nonzero_params"])}
+             for r in evaluation["rows"]]  # fmt: skip
     return rows
 
 
