@@ -1,8 +1,10 @@
 """What pruning bought: sparsity per layer, nonzero parameters, and a FLOPs estimate.
 
-FLOPs are 2 x multiply-accumulates of the prunable weights, counted with forward hooks on one
-forward (`trace.ForwardTrace`); a pruned weight's MACs scale with its density (the ideal sparse
-kernel). Other work (BN, pooling, activations, attention scores) is not counted.
+FLOPs are 2 x multiply-accumulates of the prunable weights in one forward, counted by
+`trace.ForwardTrace` (FlopCounterMode for Linear and Conv layers, shape formulas for attention
+and RNN weights). Only the density scaling is ours: a pruned weight's FLOPs scale with its
+density (the ideal sparse kernel); a structurally compacted model is counted as it is. Other
+work (bias adds, BN, pooling, activations, attention scores) is not counted.
 """
 
 from __future__ import annotations

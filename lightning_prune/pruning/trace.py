@@ -3,6 +3,12 @@
 Registration order says nothing about data flow (a head declared before the body, an output
 layer shared with the input embedding), so the output layer is the one whose module ran last
 in a real forward, and multiply-accumulates are counted from the shapes that really flowed.
+
+A call of a Linear, Conv or ConvTranspose is counted by `torch.utils.flop_counter.
+FlopCounterMode` (MACs = its FLOPs / 2; bias adds are not counted). MultiheadAttention and RNNs
+keep a shape formula: FlopCounterMode counts a module, not each of its weights (in_proj vs
+out_proj, weight_ih vs weight_hh), counts attention scores on some kernels only (bmm yes, CPU
+SDPA no), and sees nothing in fused RNN kernels (LSTM on oneDNN, every RNN on cuDNN).
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from lightning_prune.pruning.selection import TRANSPOSED_TYPES, PrunableParam
+from lightning_prune.pruning.selection import CONV_TYPES, TRANSPOSED_TYPES, PrunableParam
+
+COUNTED_TYPES = (nn.Linear, *CONV_TYPES, *TRANSPOSED_TYPES)  # one weight each: FlopCounterMode
 
 
 def _first_tensor(value: Any) -> torch.Tensor | None:
@@ -34,10 +43,9 @@ def _attention_inputs(args: tuple, kwargs: dict) -> list[torch.Tensor]:
 
 
 def weight_macs(param: PrunableParam, owner: nn.Module, args, kwargs, output) -> int:
-    """Multiply-accumulates of `param` in one call of `owner` (the whole batch)."""
+    """Multiply-accumulates of `param` in one call of an attention or RNN `owner` (the whole
+    batch); 0 for an Embedding (a lookup) and any other module."""
     weight, module = param.param, param.module
-    if isinstance(owner, nn.Embedding):
-        return 0
     if isinstance(owner, nn.MultiheadAttention):
         inputs = _attention_inputs(args, kwargs)
         if module is not owner:  # out_proj: one output row per query position
@@ -54,15 +62,7 @@ def weight_macs(param: PrunableParam, owner: nn.Module, args, kwargs, output) ->
         if x is None or isinstance(args[0], nn.utils.rnn.PackedSequence):
             return 0
         return x.numel() // x.shape[-1] * weight.numel()
-    if isinstance(owner, TRANSPOSED_TYPES):
-        x = _first_tensor(args)
-        return 0 if x is None else x.numel() * weight[0].numel()
-    out = _first_tensor(output)
-    if out is None:
-        return 0
-    if isinstance(owner, nn.Linear):
-        return out.numel() * weight.shape[1]
-    return out.numel() * weight[0].numel()  # Conv: in/groups * kernel per output value
+    return 0
 
 
 class ForwardTrace:
@@ -74,20 +74,38 @@ class ForwardTrace:
         self.macs: dict[str, int] = {}  # summed over every traced call
         self.samples = 0  # examples that went through the traced forwards (set by the caller)
         self._calls = 0
+        self._counting: dict[int, FlopCounterMode] = {}  # owner id -> its call's counter
         owners = {id(o): o for p in self.params for o in p.owners}
         self._handles = [
-            owner.register_forward_hook(self._hook, with_kwargs=True) for owner in owners.values()
+            owner.register_forward_pre_hook(self._count)
+            for owner in owners.values()
+            if isinstance(owner, COUNTED_TYPES)
+        ]
+        self._handles += [  # always_call: a forward that raises still closes its counter
+            owner.register_forward_hook(self._hook, with_kwargs=True, always_call=True)
+            for owner in owners.values()
         ]
 
+    def _count(self, owner: nn.Module, args) -> None:
+        counter = FlopCounterMode(display=False)
+        counter.__enter__()
+        self._counting[id(owner)] = counter
+
     def _hook(self, owner: nn.Module, args, kwargs, output) -> None:
+        counter = self._counting.pop(id(owner), None)
+        if counter is not None:
+            counter.__exit__(None, None, None)
         self._calls += 1
         self.last_run[id(owner)] = self._calls
         for p in self.params:
             if any(o is owner for o in p.owners):
-                try:
-                    macs = weight_macs(p, owner, args, kwargs, output)
-                except (IndexError, ValueError, RuntimeError):  # unusual call signature
-                    macs = 0
+                if counter is not None:
+                    macs = counter.get_total_flops() // 2
+                else:
+                    try:
+                        macs = weight_macs(p, owner, args, kwargs, output)
+                    except (IndexError, ValueError, RuntimeError):  # unusual call signature
+                        macs = 0
                 self.macs[p.name] = self.macs.get(p.name, 0) + macs
 
     def macs_per_example(self) -> dict[str, int]:
