@@ -7,10 +7,7 @@ import logging
 import os
 import pickle
 import signal
-import socket
-import subprocess
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -179,95 +176,6 @@ def _report(cfg: DictConfig) -> int:
     return 0
 
 
-def _check_port(port: int) -> None:
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"--port must be an integer in 1-65535, got {port}")
-    with socket.socket() as probe:
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError as err:
-            raise PreflightError(
-                f"--port {port}: cannot listen on 127.0.0.1:{port} ({err.strerror or err}); "
-                "pick another port with --port"
-            ) from None
-
-
-def _group_alive(pgid: int) -> bool:
-    """Whether any process of the group still runs (zombies awaiting their reaper do not)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
-
-
-def _stop_group(pgid: int) -> None:
-    """SIGTERM to the whole group, SIGKILL what is left after a grace period."""
-    for sig, grace_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline:
-            if not _group_alive(pgid):
-                return
-            time.sleep(0.1)
-
-
-class _Terminated(Exception):
-    """SIGTERM reached the CLI while it waited for the server."""
-
-
-def _serve(command: list[str]) -> int:
-    """Run a server in its own process group and stop the whole group on Ctrl-C or SIGTERM
-    (`mlflow ui` starts worker processes that outlive a signal sent to it alone)."""
-
-    def on_term(_signum, _frame):
-        raise _Terminated
-
-    server = subprocess.Popen(command, start_new_session=True)
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        code = server.wait()
-    except KeyboardInterrupt:
-        _stop_group(server.pid)
-        server.wait()
-        return INTERRUPTED
-    except _Terminated:
-        _stop_group(server.pid)
-        server.wait()
-        return 128 + signal.SIGTERM
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    _stop_group(server.pid)  # workers left behind by a server that exited
-    if code != 0:
-        print_error("ui", f"the MLflow UI server exited with code {code} (see its output above)")
-        return FAILURE
-    return 0
-
-
-def _ui(cfg: DictConfig, port: int) -> int:
-    _check_port(port)
-    check_tracking(cfg.tracking.uri)
-    command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", cfg.tracking.uri,
-               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    print(f"MLflow UI for {cfg.tracking.uri} on http://127.0.0.1:{port} (Ctrl-C to stop)")
-    sys.stdout.flush()
-    return _serve(command)
-
-
 COMMANDS: dict[str, tuple[str, Callable[[DictConfig], int]]] = {
     "train": ("train one model (with the configured pruning) and test it", _train),
     "search": ("Optuna search over pruning recipes", _search),
@@ -335,35 +243,71 @@ def _run(args: argparse.Namespace) -> int:
     if args.cfg:
         print(OmegaConf.to_yaml(cfg))
         return 0
-    if args.command == "ui":
-        return _ui(cfg, args.port)
-    return COMMANDS[args.command][1](cfg)
+    from lightning_prune.ui_server import run_ui
+
+    return run_ui(cfg.tracking.uri, args.port)
+
+
+def _guarded(command: str, body: Callable[[], int]) -> int:
+    """Run `body`; a known failure becomes one line on stderr and its exit code."""
+    try:
+        return body()
+    except SystemExit as stop:  # Lightning's Trainer stops on SIGTERM with a bare one: 0
+        if type(stop).__name__ != "SIGTERMException":
+            raise
+        print_error(command, "stopped by SIGTERM")
+        return TERMINATED
+    except ConfigError as err:
+        print_error(command, str(err))
+        return USAGE_ERROR
+    except _known_failures() as err:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        print_error(command, f"{type(err).__name__}: {first_line(err)} "
+                    f"(set {DEBUG_ENV}=1 for the traceback)")  # fmt: skip
+        return FAILURE
+
+
+def _hydra_command(command: str, rest: list[str]) -> int:
+    """train / search / ensemble / report: a Hydra application (lightning_prune.hydra_app)."""
+    from lightning_prune import hydra_app
+
+    handler = COMMANDS[command][1]
+    debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+    def job(overrides: list[str]) -> int:
+        def body() -> int:
+            cfg = load_config(overrides)
+            root = Path(cfg.paths.root)
+            print(f"lightning-prune {command}: paths.root={root} ({root.resolve()})",
+                  file=sys.stderr, flush=True)  # fmt: skip
+            return handler(cfg)
+
+        return _guarded(command, body)
+
+    return _guarded(command, lambda: hydra_app.run(command, rest, job, full_errors=debug))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; returns the exit code (0 ok, 1 failed, 2 bad input, 130 Ctrl-C,
     143 SIGTERM)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-sc"], ["--shell-completion"]) and argv[1:2] == ["query=bash"]:
+        from lightning_prune.hydra_app import complete
+
+        asked = complete([c for c in COMMANDS if c != "ui"])
+        if asked is None or asked[0] not in COMMANDS:
+            return 0
+        argv = [asked[0], *asked[1]]
+    if argv and argv[0] in COMMANDS and argv[0] != "ui":
+        _quiet_libraries()
+        return _hydra_command(argv[0], argv[1:])
     try:
         args = _parser().parse_args(argv)
     except SystemExit as stop:  # --help, or argparse's one-line error
         return stop.code if isinstance(stop.code, int) else USAGE_ERROR
     _quiet_libraries()
-    try:
-        return _run(args)
-    except SystemExit as stop:  # Lightning's Trainer stops on SIGTERM with a bare one: 0
-        if type(stop).__name__ != "SIGTERMException":
-            raise
-        print_error(args.command, "stopped by SIGTERM")
-        return TERMINATED
-    except ConfigError as err:
-        print_error(args.command, str(err))
-        return USAGE_ERROR
-    except _known_failures() as err:
-        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
-            raise
-        print_error(args.command, f"{type(err).__name__}: {first_line(err)} "
-                    f"(set {DEBUG_ENV}=1 for the traceback)")  # fmt: skip
-        return FAILURE
+    return _guarded(args.command, lambda: _run(args))
 
 
 if __name__ == "__main__":

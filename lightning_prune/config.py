@@ -6,6 +6,7 @@ from importlib.resources import files
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -44,6 +45,8 @@ def load_preset(group: str, name: str) -> DictConfig:
 
 
 def _compose(overrides: list[str], config_name: str) -> DictConfig:
+    if GlobalHydra.instance().is_initialized():  # inside a `hydra.main` job (hydra_app.py)
+        return compose(config_name=config_name, overrides=overrides)
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
         return compose(config_name=config_name, overrides=overrides)
 
