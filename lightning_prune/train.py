@@ -51,6 +51,28 @@ def build_data(cfg: DictConfig) -> pl.LightningDataModule:
     return _build(cfg, "data")
 
 
+LIGHTNING_TARGETS = ("pytorch_lightning.callbacks.*", "pytorch_lightning.loggers.*",
+                     "lightning.pytorch.callbacks.*", "lightning.pytorch.loggers.*")  # fmt: skip
+
+
+def build_extras(cfg: DictConfig, group: str) -> list[Any]:
+    """The `callbacks` or `logger` group: named `_target_` entries (as in
+    lightning-hydra-template), Lightning's own allowed besides `allow_targets`."""
+    entries = cfg.get(group) or {}
+    allow = [*allow_targets(cfg), *LIGHTNING_TARGETS]
+    built = []
+    for name, entry in entries.items():
+        if not isinstance(entry, DictConfig) or "_target_" not in entry:
+            raise ConfigError(f"{group}.{name} needs a _target_ (e.g. callbacks=early_stopping)")
+        try:
+            built.append(safe_instantiate(entry, allow, where=f"{group}.{name}"))
+        except InstantiationException as err:
+            raise ConfigError(f"{group}.{name}: {err.__cause__ or err}") from None
+        except (ValueError, TypeError, ModuleNotFoundError) as err:
+            raise ConfigError(f"{group}.{name}: {err}") from None
+    return built
+
+
 def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, Any]:
     """Seed, then instantiate data, model and (when configured) the pruning callback.
 
@@ -148,6 +170,7 @@ def run_train(cfg: DictConfig) -> TrainResult:
     (`lightning_prune.run_metrics`) and its provenance."""
     uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
     components = build_components(cfg)  # bad input fails before anything is recorded
+    callbacks, loggers = build_extras(cfg, "callbacks"), build_extras(cfg, "logger")
     preflight(cfg, components[0])
     name = run_names.train_run(cfg)
     run_id = tracking.start_run(uri, experiment, run_name=name, tags={"job": "train"})
@@ -156,7 +179,11 @@ def run_train(cfg: DictConfig) -> TrainResult:
     status = "FAILED"
     try:
         provenance.stamp(uri, run_id, "train", cfg.data)
-        result = fit_and_test(cfg, logger=logger, components=components)
+        saves = any(isinstance(c, pl.callbacks.ModelCheckpoint) for c in callbacks)
+        result = fit_and_test(
+            cfg, callbacks=callbacks, logger=[logger, *loggers], components=components,
+            trainer_overrides={"enable_checkpointing": True} if saves else None,
+        )  # fmt: skip
         result.run_id = run_id
         values = {**result.metrics, **run_metrics.model_stats(result.model, result.pruning)}
         step = result.extra["trainer"].global_step
