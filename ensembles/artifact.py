@@ -84,12 +84,18 @@ def _info(saved: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_ensemble(
-    path: str | Path, *, allow: str | Iterable[str] | None = None
+    path: str | Path,
+    *,
+    allow: str | Iterable[str] | None = None,
+    fast: bool = False,
+    example_input: torch.Tensor | None = None,
 ) -> tuple[WeightedEnsemble, dict[str, Any]]:
     """Rebuild the ensemble from `save_ensemble`'s file; return it with its saved info.
 
     Every member's model config is checked before any is built: only the project's own
     classes and the `allow` patterns (e.g. ["my_pkg.*"]) pass (`lightning_prune.targets`).
+    `fast=True` builds the fast form on load (`WeightedEnsemble.use_fast`, measured on this
+    machine; `example_input` as there): `forward` then runs through it.
     """
     saved = _read(path)
     configs = [check_targets(m["model_config"], allow, where=f"ensemble file {path} member {i}")
@@ -101,6 +107,8 @@ def load_ensemble(
         models.append(model)
     ensemble = WeightedEnsemble(models, saved["weights"], saved["combine"], saved["num_classes"])
     ensemble.eval()
+    if fast:
+        ensemble.use_fast(example_input)
     return ensemble, _info(saved)
 
 

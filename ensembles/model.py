@@ -2,16 +2,20 @@
 
 The ensemble outputs log-probabilities, so `argmax` is the prediction and
 `F.nll_loss(output, y)` is the negative log-likelihood the weights were fitted to.
+`fast()` builds an inference form whose cost follows the members' nonzero weights
+(`ensembles.fast`); `use_fast()` makes `forward` run it.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from lightning_prune.ensembles.fast import FastEnsemble, build_fast
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
@@ -91,9 +95,58 @@ class WeightedEnsemble(pl.LightningModule):
             member.eval()
         return self
 
+    def fast(self, example_input: torch.Tensor | None = None, **options: Any) -> FastEnsemble:
+        """A new inference-only module with this ensemble's outputs, built and measured now.
+
+        `example_input` defaults to the first member's `example_input_array`; `options` go
+        to `ensembles.fast.build_fast` (batch_sizes, layout, sparse, compact, min_run_time).
+        Rebuild it after changing members or weights.
+        """
+        return build_fast(list(self.members), self.weights, self.combine, example_input, **options)
+
+    def use_fast(
+        self, example_input: torch.Tensor | None = None, **options: Any
+    ) -> WeightedEnsemble:
+        """Build `fast()` and run `forward` through it from now on; returns self."""
+        fast = self.fast(example_input, **options)
+        # not a submodule: state_dict, .to() and pickles keep the plain ensemble only
+        self.__dict__["_fast"] = (fast, self.weights, self.weights._version, self.weights.device)
+        return self
+
+    def use_plain(self) -> WeightedEnsemble:
+        """Run `forward` member by member again; returns self."""
+        self.__dict__.pop("_fast", None)
+        return self
+
+    @property
+    def fast_form(self) -> FastEnsemble | None:
+        """The fast form `forward` runs through (`use_fast`), or None."""
+        attached = self.__dict__.get("_fast")
+        return attached[0] if attached else None
+
+    @override
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles (mlflow.pytorch) hold the plain ensemble; `use_fast` rebuilds after loading."""
+        state = super().__getstate__()
+        state.pop("_fast", None)
+        return state
+
     @override
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Ensemble log-probabilities; members with zero weight are not run at all."""
+        """Ensemble log-probabilities: through the fast form when `use_fast` set one."""
+        attached = self.__dict__.get("_fast")
+        if attached is not None:
+            fast, weights, version, device = attached
+            if x.device != device:
+                return self.forward_plain(x)  # the fast form stays where it was built
+            if weights is self.weights and weights._version == version:
+                return fast(x)
+            warnings.warn("ensemble weights changed: back to the plain forward", stacklevel=2)
+            self.use_plain()
+        return self.forward_plain(x)
+
+    def forward_plain(self, x: torch.Tensor) -> torch.Tensor:
+        """Member by member, dense as trained; members with zero weight are not run at all."""
         active = [i for i, w in enumerate(self.weights.tolist()) if w > 0]
         outputs = [F.log_softmax(self.members[i](x).float(), dim=-1) for i in active]
         return combine_log_probs(torch.stack(outputs), self.weights[active], self.combine)
