@@ -200,3 +200,24 @@ def test_ensemble_takes_the_dense_accuracy_only_from_the_data_it_is_tested_on():
     assert _dense_reference(cfg, study)["test_acc"] == 0.8862
     cfg.ensemble.data_from = "config"  # tested on other data: the numbers would not compare
     assert _dense_reference(cfg, study) == {}
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_in_a_users_own_trainer_the_table_prints_above_a_live_rich_bar():
+    """The callback prints through the live bar's console: Rich clears the bar, prints the
+    table, and draws the bar again below it (not the table inside the bar's frames)."""
+    import pytorch_lightning as pl
+
+    from lightning_prune.models import Classifier
+    from lightning_prune.pruning import AdaptivePruning
+
+    screen = io.StringIO()
+    bar = RichProgressBar(console_kwargs={"file": screen, "width": 80, "force_terminal": True})
+    trainer = pl.Trainer(max_epochs=1, callbacks=[AdaptivePruning(target_sparsity=0.5), bar],
+                         logger=False, enable_checkpointing=False,
+                         enable_model_summary=False)  # fmt: skip
+    trainer.fit(Classifier(), datamodule=tiny_data())
+    out = screen.getvalue()
+    table = out.index("AdaptivePruning: per-layer sparsity")
+    assert "\x1b[2K" in out[table - 40 : table]  # the bar's line erased just before
+    assert out.count("AdaptivePruning: per-layer sparsity") == 1

@@ -345,7 +345,7 @@ class AdaptivePruning(MaskUpdates, MetricFeedback, PruningReport, PruningState, 
             write_handoff(self._handoff_path, {"masks": masks, "summary": self.summary()})
         if self.verbose and trainer.is_global_zero:
             shapes = {n: tuple(p.param.shape) for n, p in self.store.params.items()}
-            render_summary(self.summary(), shapes)
+            render_summary(self.summary(), shapes, _live_bar_console(trainer))
 
     @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -353,3 +353,10 @@ class AdaptivePruning(MaskUpdates, MetricFeedback, PruningReport, PruningState, 
             self._trace.remove()
             self._trace = None
         self.stats.detach()
+
+
+def _live_bar_console(trainer: pl.Trainer) -> Any:
+    """The console of a RichProgressBar still on screen at fit end (it stops in teardown);
+    printing through it puts the table above the bar instead of inside its display."""
+    progress = getattr(trainer.progress_bar_callback, "progress", None)
+    return getattr(progress, "console", None) if getattr(progress, "live", None) else None

@@ -102,11 +102,15 @@ def logged_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
     return metrics
 
 
-def render_summary(summary: Mapping[str, Any], shapes: Mapping[str, Sequence[int]]) -> None:
-    """Print the fit-end report: a per-layer table and the controller's decisions."""
+def render_summary(
+    summary: Mapping[str, Any], shapes: Mapping[str, Sequence[int]], console: Any = None
+) -> None:
+    """Print the fit-end report: a per-layer table and the controller's decisions;
+    `console`: a live Rich progress bar's, so the table prints above the bar, not into it."""
     from lightning_prune.pruning.plain_output import console_and_table
 
-    console, Table = console_and_table()
+    default, Table = console_and_table()
+    console = console or default
     table = Table(title="AdaptivePruning: per-layer sparsity")
     for column in ("layer", "shape", "weights", "kept", "sparsity"):
         table.add_column(column, justify="left" if column in ("layer", "shape") else "right")
