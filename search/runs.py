@@ -208,20 +208,14 @@ class LossCurves(pl.Callback):
 
 
 def _log_plots(client: MlflowClient, run_id: str, study: optuna.Study) -> list[str]:
-    """PNG artifacts under plots/: the report's history (every trial, stopped ones grouped by
-    why; Optuna's own history draws complete trials only) and Optuna's importances (and
-    Pareto front); a plot that cannot be drawn is skipped."""
+    """Optuna's plots as PNG artifacts under plots/; a plot that cannot be drawn is skipped.
+    `lightning-prune report` adds its own history (every trial, stopped ones by why) to the
+    same run: drawing it here would make the search depend on the report."""
     import matplotlib.pyplot as plt
 
-    from lightning_prune.report.figures import history_figure
-    from lightning_prune.report.study_report import history_points, trial_rows
-
     multi = len(study.directions) > 1
-    figures = optuna_figures(study, ("param_importances", "pareto_front") if multi else
-                             ("param_importances",))  # fmt: skip
-    points = history_points(trial_rows(study))
-    if points:
-        figures["history"] = history_figure(points)
+    names = ("param_importances", "pareto_front" if multi else "optimization_history")
+    figures = optuna_figures(study, names)
     for name, figure in figures.items():
         retry(client.log_figure, run_id, figure, f"plots/{name}.png")
         plt.close(figure)

@@ -71,7 +71,7 @@ def test_search_records_trials_resumes_and_keeps_the_contract(tmp_path, monkeypa
     assert parent.info.status == "FINISHED" and "val_acc" in parent.data.metrics
     client = MlflowClient(attrs["tracking_uri"])
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert "plots/history.png" in plots
+    assert "plots/optimization_history.png" in plots
     for trial in reloaded.trials:
         assert set(CONTRACT) <= set(trial.user_attrs)
         assert trial.value == trial.user_attrs["val_acc"]
