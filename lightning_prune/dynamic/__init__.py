@@ -1,0 +1,32 @@
+"""Input-dependent (dynamic) pruning: per-input channel gates, trained in a Lightning callback,
+and a batch-1 inference path that runs only the kept channels and counts the MACs that ran."""
+
+from lightning_prune.dynamic.callback import DynamicGating
+from lightning_prune.dynamic.gates import (
+    ChannelGate,
+    GatedLayer,
+    GatingError,
+    attach_gates,
+    gated_layers,
+    set_budget,
+)
+from lightning_prune.dynamic.skipping import (
+    MacCount,
+    SkippingPath,
+    dense_macs,
+    gated_forward_batch1,
+)
+
+__all__ = [
+    "ChannelGate",
+    "DynamicGating",
+    "GatedLayer",
+    "GatingError",
+    "MacCount",
+    "SkippingPath",
+    "attach_gates",
+    "dense_macs",
+    "gated_forward_batch1",
+    "gated_layers",
+    "set_budget",
+]
