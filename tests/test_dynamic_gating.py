@@ -158,3 +158,26 @@ def test_budget_warms_up_then_ramps():
     assert [gating.budget_at(p) for p in (0, 0.9, 1, 2, 3, 5)] == pytest.approx(
         [1, 1, 1, 0.6, 0.2, 0.2]
     )
+
+
+def test_lightning_checkpoint_restores_gates(tmp_path):
+    pl.seed_everything(0)
+    model, data = Classifier("lenet300"), tiny_data()
+    fit = trainer([DynamicGating(budget=0.3, ramp_epochs=0)], max_epochs=1)
+    fit.fit(model, datamodule=data)
+    fit.save_checkpoint(tmp_path / "gated.ckpt")
+    fresh = Classifier("lenet300")
+    gating = DynamicGating(budget=0.3)
+    tested = trainer([gating], max_epochs=1)
+    result = tested.test(fresh, datamodule=data, ckpt_path=tmp_path / "gated.ckpt", verbose=False)
+    expected = trainer([], max_epochs=1).test(model, datamodule=data, verbose=False)
+    assert result[0]["test_acc"] == pytest.approx(expected[0]["test_acc"])
+    assert [item.name for item in gating.layers] == ["net.1", "net.3"]
+    x = data.test[0][:4]
+    assert torch.equal(fresh.eval()(x), model.eval()(x))
+
+
+def test_include_gates_only_the_named_layers():
+    model = Classifier("lenet5")
+    trainer([DynamicGating(include="net.2")], max_epochs=1).fit(model, datamodule=tiny_data())
+    assert [item.name for item in gated_layers(model)] == ["net.2"]
