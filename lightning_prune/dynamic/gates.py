@@ -69,18 +69,22 @@ class ChannelGate(nn.Module):
         return F.adaptive_avg_pool1d(x.unsqueeze(1), self.bins).squeeze(1)
 
     def select(self, pooled: torch.Tensor, weight: torch.Tensor | None = None):
-        """(saliency, kept indices per row) from an already pooled input."""
+        """(saliency of the kept channels, their indices), per row, from a pooled input; the
+        values come from topk, so gradients reach the gate through them."""
         saliency = F.relu(F.linear(pooled, self.weight if weight is None else weight, self.bias))
-        kept = saliency.topk(self.keep_count(), dim=1, sorted=False).indices
-        return saliency, kept
+        if self.keep_count() == self.channels:
+            return saliency, None
+        top = saliency.topk(self.keep_count(), dim=1, sorted=False)
+        return top.values, top.indices
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """mask * saliency, shape (batch, channels)."""
-        saliency, kept = self.select(self.pool(x))
-        if kept.shape[1] == self.channels:
-            return saliency
-        mask = torch.zeros_like(saliency).scatter_(1, kept, 1.0)
-        return saliency * mask
+        values, kept = self.select(self.pool(x))
+        if kept is None:
+            return values
+        return torch.zeros(
+            x.shape[0], self.channels, dtype=values.dtype, device=values.device
+        ).scatter(1, kept, values)
 
     def before_layer(self, module: nn.Module, args: tuple) -> None:
         if self.enabled and not self.external:

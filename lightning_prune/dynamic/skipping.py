@@ -109,8 +109,10 @@ def _gate_scale(item: GatedLayer, x, idx, full, ran: MacCount):
         weight = gate.weight if idx is None else gate.weight.index_select(1, idx)
     ran.gate += weight.numel()
     ran.executed += weight.numel()
-    saliency, kept = gate.select(pooled, weight)
-    return saliency[0].index_select(0, kept[0]), kept[0]
+    values, kept = gate.select(pooled, weight)
+    if kept is None:  # budget 1: every channel runs
+        return values[0], torch.arange(gate.channels, device=values.device)
+    return values[0], kept[0]
 
 
 def _pick(values: torch.Tensor | None, idx: torch.Tensor) -> torch.Tensor | None:
