@@ -12,6 +12,7 @@ from lightning_prune.dynamic import (
     DynamicGating,
     GatingError,
     attach_gates,
+    dense_macs,
     gated_forward_batch1,
     gated_layers,
 )
@@ -79,6 +80,7 @@ def test_batch1_skipping_equals_masked_forward(network):
         assert torch.allclose(chained, masked, atol=1e-5)
         assert torch.allclose(rows_only, masked, atol=1e-5)
         assert ran.executed < ran_rows.executed < ran.dense == ran_rows.dense
+        assert ran.dense == dense_macs(model, x)  # the dense count matches the plain model's
 
 
 def test_works_beside_adaptive_pruning():
