@@ -279,8 +279,7 @@ def _hydra_command(command: str, rest: list[str]) -> int:
         def body() -> int:
             cfg = load_config(overrides)
             root = Path(cfg.paths.root)
-            print(f"lightning-prune {command}: paths.root={root} ({root.resolve()})",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            print(f"lightning-prune {command}: paths.root={root} ({root.resolve()})", flush=True)
             return handler(cfg)
 
         return _guarded(command, body)

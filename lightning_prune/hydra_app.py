@@ -11,6 +11,7 @@ command's code (a multirun stops there).
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -96,6 +97,8 @@ def run(
     task.__name__ = command  # Hydra names the job (and its log and sweep folders) after it
     app = hydra_main(config_path=str(conf_dir()), config_name="config", version_base=None)(task)
     saved, saved_env = sys.argv, os.environ.get("HYDRA_FULL_ERROR")
+    root = logging.getLogger()  # `--info` adds a root handler of its own: removed after
+    saved_logging = root.handlers[:], root.level
     sys.argv = ["lightning-prune", *argv]
     if full_errors:
         os.environ["HYDRA_FULL_ERROR"] = "1"
@@ -106,6 +109,7 @@ def run(
         return stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     finally:
         sys.argv = saved
+        root.handlers[:], root.level = saved_logging
         if full_errors and saved_env is None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         GlobalHydra.instance().clear()

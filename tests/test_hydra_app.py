@@ -65,7 +65,7 @@ def test_hydra_run_dir_and_paths_root_place_the_files(tmp_path, monkeypatch, cap
     args = ["train", *FAST, "paths.root=elsewhere", "hydra.run.dir=hydra-here",
             "hydra.output_subdir=.hydra"]  # fmt: skip
     assert main(args) == 0
-    assert f"paths.root=elsewhere ({tmp_path / 'elsewhere'})" in capsys.readouterr().err
+    assert f"paths.root=elsewhere ({tmp_path / 'elsewhere'})" in capsys.readouterr().out
     assert (tmp_path / "hydra-here" / ".hydra" / "config.yaml").is_file()
     assert len(_train_runs(tmp_path / "elsewhere")) == 1
     assert (tmp_path / "elsewhere" / "models").is_dir() and not (tmp_path / "runs").exists()

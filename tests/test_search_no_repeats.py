@@ -63,7 +63,7 @@ def test_a_resumed_search_trains_no_recipe_twice_and_refuses_an_exact_repeat(tmp
     storage = f"sqlite:///{tmp_path}/optuna.db"
     study = load_study(storage, "resume")
     study.enqueue_trial(study.trials[0].params)  # a replayed draw, as the old seeding made
-    done = run_cli("search", *args, "search.n_trials=5", cwd=tmp_path)
+    done = run_cli("search", *args, "search.n_trials=2", cwd=tmp_path)  # adds 2
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     study = load_study(storage, "resume")
     assert len(_recipes(study)) == 5 == len(set(_recipes(study)))
@@ -93,8 +93,12 @@ def test_an_exhausted_space_stops_the_search_instead_of_repeating_recipes(tmp_pa
 
 def test_two_commands_started_together_on_an_empty_database_share_the_study(tmp_path, postgres_url):
     args = tiny(
-        tmp_path, "search.study_name=together", "search.n_trials=4", "search.dense_reference=false"
-    )
+        tmp_path,
+        "search.study_name=together",
+        "search.n_trials=4",
+        "search.max_trials=4",
+        "search.dense_reference=false",
+    )  # two machines fill one study of 4
     bare = postgres_url.replace("postgresql+psycopg2://", "")
     procs = [  # two machines, each worker 0, with the README's spellings of one database
         cli("search", *args, f"search.storage={scheme}://{bare}", cwd=tmp_path)
