@@ -1,5 +1,5 @@
 """The bad-input table: every case of tests/bad_input_cases.py through the real console
-script, printed as markdown (case | command | exit | first line of stderr) to paste into a
+script, printed as markdown (case | command | exit | its error line on stderr) to paste into a
 note. Writes nothing but a temporary folder.
 
     python benchmarks/bad_inputs_table.py [--jobs 2] [--only WORD]
@@ -33,7 +33,8 @@ def _run(case: bad.Case, folder: Path, values: dict[str, str]) -> tuple[int, str
         [CLI, *argv], cwd=folder, capture_output=True, text=True, timeout=600, env=env
     )
     lines = [line for line in out.stderr.splitlines() if line.strip()]
-    return out.returncode, (lines[0] if lines else ""), time.perf_counter() - start
+    errors = [line for line in lines if ": error: " in line]  # a search's summary line aside
+    return out.returncode, (errors or lines or [""])[0], time.perf_counter() - start
 
 
 def _cell(text: str) -> str:
@@ -54,7 +55,7 @@ def main() -> int:
         with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
             results = list(pool.map(lambda c: _run(c, folder, values), cases))
         intact = bad.kept_trials(folder) == before
-    print("| case | command | exit | first line of stderr |")
+    print("| case | command | exit | error line on stderr |")
     print("|---|---|---|---|")
     mismatches = 0
     for case, (code, line, _) in zip(cases, results, strict=True):
