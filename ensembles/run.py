@@ -19,6 +19,12 @@ from lightning_prune.ensembles.artifact import (
     log_ensemble,
     save_ensemble,
 )
+from lightning_prune.ensembles.distill import (
+    Distilled,
+    add_student_row,
+    check_distill_options,
+    distill_members,
+)
 from lightning_prune.ensembles.evaluate import EnsembleReport, evaluate_ensemble, report_table
 from lightning_prune.ensembles.model import COMBINES, WeightedEnsemble, combine_log_probs
 from lightning_prune.ensembles.predictions import accuracy, collect_log_probs
@@ -53,6 +59,7 @@ class EnsembleResult:
     model_uri: str | None = None
     tracking_uri: str | None = None
     weighting: str = ""
+    distilled: Distilled | None = None
 
 
 def fit_ensemble(
@@ -83,6 +90,9 @@ def _check_options(options: DictConfig) -> None:
         raise ConfigError(f"ensemble.k must be >= 1, got {options.k}")
     if options.temperature <= 0:
         raise ConfigError(f"ensemble.temperature must be > 0, got {options.temperature}")
+    problem = check_distill_options(options)
+    if problem:
+        raise ConfigError(problem)
 
 
 def _data_config(cfg: DictConfig, study: optuna.Study) -> tuple[dict[str, Any], str]:
@@ -141,6 +151,10 @@ def run_ensemble(cfg: DictConfig) -> EnsembleResult:
     report = evaluate_ensemble(ensemble, datamodule.test_dataloader(), [m.name for m in members],
                                latency_batch=options.latency_batch)  # fmt: skip
     report.dense = _dense_reference(cfg, study)
+    distilled = None
+    if options.distill:  # after the ensemble's evaluation, which it does not change
+        distilled = distill_members(ensemble, members, datamodule, options, seed=cfg.seed,
+                                    allow=allow_targets(cfg))  # fmt: skip
     settings = {"study": study.study_name, "storage": storage, **_plain(options)}
     path = Path(options.output or ensemble_file(output_dir, study.study_name, options.weighting))
     evaluation = {"rows": report.rows, "ensemble": report.ensemble, "costs": report.costs}
@@ -149,14 +163,14 @@ def run_ensemble(cfg: DictConfig) -> EnsembleResult:
                              {**settings, "evaluation": evaluation})  # fmt: skip
     result = EnsembleResult(
         ensemble, members, report, selection.notes, artifact,
-        tracking_uri=uri, weighting=options.weighting,
+        tracking_uri=uri, weighting=options.weighting, distilled=distilled,
     )  # fmt: skip
     if options.log_mlflow:
         example = next(iter(datamodule.val_dataloader()))[0][:2]
         shared = _shared_metrics(ensemble, report, datamodule.val_dataloader())
         result.run_id, result.model_uri = log_ensemble(
             uri, experiment, artifact, ensemble, params=settings,
-            metrics={**report.metrics(), **shared},
+            metrics={**report.metrics(), **shared, **(distilled.metrics() if distilled else {})},
             members=[m.summary() for m in members], example=example,
             parent_run_id=recorded.parent_run_id,
             run_name=run_names.ensemble_run(options.weighting, len(members)),
@@ -206,7 +220,10 @@ def print_ensemble_result(result: EnsembleResult) -> None:
         console.print(f"[yellow]note:[/yellow] {note}")
     title = (f"lightning-prune ensemble: top {len(result.members)}, {result.weighting} weights, "
              f"{result.ensemble.combine} average")  # fmt: skip
-    console.print(report_table(result.report, title))
+    table = report_table(result.report, title)
+    if result.distilled:
+        add_student_row(table, result.distilled)
+    console.print(table)
     if result.artifact:
         console.print(f"Ensemble file: {result.artifact} (lightning_prune.ensembles.load_ensemble)")
     if result.run_id:
