@@ -1,10 +1,10 @@
 """Keeping a study whole when workers die: their RUNNING trials are failed and queued again.
 
 Database storages with heartbeats do this through Optuna (`fail_stale_trials` after
-`grace_period`, then RetryHeartbeatStaleTrialCallback). Every worker also fails and
-re-queues at once the RUNNING trials of processes on its own host that no longer exist (a
-journal file has no heartbeats at all). Either way the MLflow runs of the failed trials are
-ended FAILED with the reason by the process that failed them (search/run_states.py).
+`grace_period`, then RetryHeartbeatStaleTrialCallback). A journal file has no heartbeats, so
+every worker also fails and re-queues the RUNNING trials of processes on its own host that no
+longer exist. Either way the MLflow runs of the failed trials are ended FAILED with the
+reason by the process that failed them (search/run_states.py).
 """
 
 from __future__ import annotations
@@ -69,14 +69,13 @@ def fail_stale(study: optuna.Study, search: DictConfig) -> int:
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     if not running:
         return 0
-    reason = "its worker died while running the trial"
     if has_heartbeats(search.storage, search.heartbeat_interval):
         with quiet_experimental():
             optuna.storages.fail_stale_trials(study)
         reason = f"no heartbeat for {search.grace_period}s: its worker died or hung"
-    # A dead process on this host is dead now: no need to wait for its heartbeat to go stale
-    # (a replacement worker would otherwise find the study full and stop, leaving it RUNNING).
-    reap_dead_local_trials(study, search.max_retry)
+    else:
+        reap_dead_local_trials(study, search.max_retry)
+        reason = "its worker died while running the trial"
     numbers = {t.number for t in running}
     ended = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     failed = [t for t in ended if t.number in numbers]

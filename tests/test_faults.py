@@ -127,7 +127,9 @@ def _check_whole(storage: str, name: str, uri: str, before: dict, killed: list[F
     trials = study.get_trials()
     by_number = {t.number: t for t in trials}
     states = Counter(t.state.name for t in trials)
-    assert states["RUNNING"] == states["WAITING"] == 0, states
+    table = [(t.number, t.state.name, t.user_attrs.get(TrialAttr.FAIL_REASON), t.user_attrs.get(
+        TrialAttr.INVOCATION), t.system_attrs.get("failed_trial")) for t in trials]  # fmt: skip
+    assert states["RUNNING"] == states["WAITING"] == 0, (states, table)
     finished = [t for t in trials if t.state in FINISHED]
     assert len(finished) == N_TRIALS, states
 

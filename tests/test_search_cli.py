@@ -76,7 +76,8 @@ def test_sigterm_to_train_exits_143_and_ends_its_run(tmp_path):
     MlflowClient(uri).search_experiments()  # the store exists before both sides open it
     slow = cli("train", *args, cwd=tmp_path)
     try:
-        wait_for(lambda: _a_running_run(uri), 120, what="the train run")
+        # metrics logged: fit runs, so Lightning's SIGTERM handler is installed
+        wait_for(lambda: (run := _a_running_run(uri)) and run.data.metrics, 120, what="training")
         slow.send_signal(signal.SIGTERM)
         out, _ = slow.communicate(timeout=120)
     finally:
