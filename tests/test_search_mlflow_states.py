@@ -185,9 +185,10 @@ def test_a_rerun_ends_the_leftover_runs_of_finished_trials(tmp_path, store, monk
     assert _running(cfg.tracking.uri) == []
 
 
-def test_the_worker_that_reaps_a_dead_workers_trial_ends_its_run(tmp_path, store):
+def _dead_workers_trial(tmp_path, name: str):
+    """A RUNNING trial whose worker on this host has exited, with its linked MLflow run."""
     cfg = load_config(tiny(tmp_path, f"search.storage=journal:///{tmp_path}/optuna.journal",
-                           "search.study_name=reap"))  # fmt: skip
+                           f"search.study_name={name}"))  # fmt: skip
     study = open_search_study(cfg)
     parent = runs.start_parent(cfg, study)
     gone = subprocess.Popen(["true"])
@@ -196,6 +197,11 @@ def test_the_worker_that_reaps_a_dead_workers_trial_ends_its_run(tmp_path, store
     trial.set_user_attr(TrialAttr.WORKER, f"{socket.gethostname()}:{gone.pid}")
     run_id = _leftover_run(cfg, parent, job="search-trial", trial_number=str(trial.number))
     trial.set_user_attr(TrialAttr.MLFLOW_RUN_ID, run_id)
+    return cfg, study, parent, run_id, gone
+
+
+def test_the_worker_that_reaps_a_dead_workers_trial_ends_its_run(tmp_path, store):
+    cfg, study, parent, run_id, gone = _dead_workers_trial(tmp_path, "reap")
 
     assert fail_stale(study, cfg.search) == 1
 
@@ -209,16 +215,7 @@ def test_the_worker_that_reaps_a_dead_workers_trial_ends_its_run(tmp_path, store
 def test_a_run_ended_complete_by_a_worker_killed_before_optuna_heard_is_corrected(tmp_path, store):
     """Killed between ending its MLflow run and Optuna's `tell`: the run says FINISHED and
     COMPLETE, Optuna fails the trial; the reaper brings the run into the trial's state."""
-    cfg = load_config(tiny(tmp_path, f"search.storage=journal:///{tmp_path}/optuna.journal",
-                           "search.study_name=late"))  # fmt: skip
-    study = open_search_study(cfg)
-    parent = runs.start_parent(cfg, study)
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    trial = study.ask()
-    trial.set_user_attr(TrialAttr.WORKER, f"{socket.gethostname()}:{gone.pid}")
-    run_id = _leftover_run(cfg, parent, job="search-trial", trial_number=str(trial.number))
-    trial.set_user_attr(TrialAttr.MLFLOW_RUN_ID, run_id)
+    cfg, study, parent, run_id, _ = _dead_workers_trial(tmp_path, "late")
     tracking.end_run(cfg.tracking.uri, run_id, "FINISHED", {"trial_state": "COMPLETE"})
 
     assert fail_stale(study, cfg.search) == 1
