@@ -34,6 +34,7 @@ from lightning_prune.ensembles.fast_layers import (
     candidates,
     stack_networks,
 )
+from lightning_prune.ensembles.feature_major import fuse_feature_major
 from torch import nn
 from torch.utils.benchmark import Timer
 
@@ -72,8 +73,11 @@ class StackedPlan(nn.Module):
         self.head = head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.net(x).reshape(x.shape[0], self.members, -1)
-        return self.head(F.log_softmax(logits.float(), dim=-1))
+        logits = self.net(x).float()
+        if not self.head.graph:  # [M*C, N]: no copy after a feature-major chain
+            return self.head.from_logits_t(logits.t().contiguous(), self.members)
+        logits = logits.reshape(x.shape[0], self.members, -1)
+        return self.head(F.log_softmax(logits, dim=-1))
 
 
 class FastEnsemble(nn.Module):
@@ -264,8 +268,16 @@ def stacked_plan(nets: list[nn.Module], head: Combine, inputs, options: _Options
     if depths is None:
         return None, []
     found, choices = _choose_sequence(depths, inputs, options)
-    plans = [StackedPlan(net, len(nets), head) for net in found]
-    return plans, [(f"layer {n}", p) for n, p in choices]
+    plans, layouts = [], []
+    for net, x in zip(found, inputs, strict=True):
+        kinds = {"row-major": StackedPlan(net, len(nets), head)}
+        fused = None if options.exportable else fuse_feature_major(net)
+        if fused is not None:
+            kinds["feature-major"] = StackedPlan(fused, len(nets), head)
+        name, plan, _ = _fastest(kinds, x, options.min_run_time)
+        plans.append(plan)
+        layouts.append(name)
+    return plans, [(f"layer {n}", p) for n, p in choices] + [("activations", layouts)]
 
 
 def build_fast(

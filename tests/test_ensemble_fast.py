@@ -12,7 +12,13 @@ from lightning_prune.ensembles import (
     load_ensemble,
     save_ensemble,
 )
-from lightning_prune.ensembles.fast_layers import SlicedMaxPool, SparseLinear
+from lightning_prune.ensembles.fast_layers import (
+    BatchedLinear,
+    Combine,
+    SlicedMaxPool,
+    SparseLinear,
+)
+from lightning_prune.ensembles.feature_major import FeatureMajorChain, fuse_feature_major
 from torch import nn
 
 from lightning_prune.export import run_onnx
@@ -175,3 +181,27 @@ def test_one_onnx_graph_gives_the_ensembles_outputs(tmp_path, kind, combine):
     assert got.shape == expected.shape
     assert (got - expected).abs().max() < ATOL
     assert (got.exp() - expected.exp()).abs().max() < ATOL
+
+
+@pytest.mark.parametrize("batch", [1, 16])
+def test_feature_major_chain_equals_the_row_major_layers(batch):
+    """Every matmul kind (CSR, dense, member-batched) and the head in [M*C, N] layout."""
+    torch.manual_seed(0)
+    first, members = unstructured(0).net[1], 4
+    batched = BatchedLinear(torch.randn(members, 25, 300 // members), torch.randn(members, 25))
+    net = nn.Sequential(
+        nn.Flatten(), SparseLinear(first.weight, first.bias), nn.ReLU(), batched, nn.Tanh(),
+        nn.Linear(100, 40),
+    )  # fmt: skip
+    fused = fuse_feature_major(net)
+    assert fused is not None and isinstance(fused[1], FeatureMajorChain)
+    x = torch.randn(batch, 1, 28, 28)
+    with torch.inference_mode():
+        logits = net(x)
+        assert torch.allclose(fused(x), logits, atol=ATOL)
+        for combine in ("prob", "logprob"):
+            head = Combine(torch.tensor([0.1, 0.2, 0.3, 0.4]), combine)
+            expected = head(torch.log_softmax(logits.reshape(batch, members, 10), dim=-1))
+            got = head.from_logits_t(logits.t().contiguous(), members)
+            assert torch.allclose(got, expected, atol=ATOL)
+    assert fuse_feature_major(nn.Sequential(nn.Flatten(), nn.Linear(784, 10))) is None
