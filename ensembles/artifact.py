@@ -20,6 +20,7 @@ import torch
 from hydra.utils import instantiate
 from lightning_prune.ensembles.model import WeightedEnsemble
 
+from lightning_prune.dynamic.restore import restore_gates
 from lightning_prune.targets import check_targets
 
 FORMAT = "lightning_prune.ensemble/1"
@@ -103,6 +104,7 @@ def load_ensemble(
     models = []
     for member, config in zip(saved["members"], configs, strict=True):
         model = instantiate(config)
+        restore_gates(model, member["state_dict"])  # a DynamicGating member: its gates first
         model.load_state_dict(member["state_dict"])
         models.append(model)
     ensemble = WeightedEnsemble(models, saved["weights"], saved["combine"], saved["num_classes"])

@@ -10,6 +10,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from lightning_prune.dynamic.restore import restore_gates
 from lightning_prune.targets import safe_instantiate
 
 
@@ -49,9 +50,11 @@ def load_model(
     The file names the class to build, so only the project's own classes and the
     `allow` patterns (e.g. ["my_pkg.*"]) are built; anything else raises
     `UntrustedTargetError` before any of it runs (see `lightning_prune.targets`).
+    A model saved with `DynamicGating` gates gets them back (`dynamic.restore`).
     """
     saved = _read(path)
     model = safe_instantiate(saved["model_config"], allow, where=f"checkpoint {path}")
+    restore_gates(model, saved["state_dict"])  # a DynamicGating model: its gates first
     model.load_state_dict(saved["state_dict"])
     model.eval()
     return model, {**saved["info"], "model_config": saved["model_config"]}

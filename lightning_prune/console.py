@@ -50,6 +50,9 @@ def print_train_result(result: Any, uri: str, experiment: str) -> None:
         rows["sparsity"] = result.pruning.get("sparsity")
         rows["nonzero params"] = result.pruning.get("nonzero_params")
         rows["total params"] = result.pruning.get("total_params")
+    usage = result.extra.get("dynamic_usage") if hasattr(result, "extra") else None
+    if usage is not None and usage.samples:
+        rows["executed MACs / dense (gated)"] = usage.mean_fraction
     rows["train + test seconds"] = f"{result.seconds:.1f}"
     console.print(key_value_table("lightning-prune train", rows))
     if result.run_id:

@@ -4,7 +4,7 @@ A checkpoint, an ensemble file or a study's stored config names the code Hydra r
 (`_target_`), and `torch.load(weights_only=True)` does not stop a `_target_` of
 `shutil.copyfile`. So every `_target_` in such a config, nested ones included (Hydra
 instantiates recursively), must be on an allow list before Hydra is called: the
-project's own models, data modules and pruning callback, plus what the user names in
+project's own models, data modules, pruning and gating callbacks, plus what the user names in
 `allow_targets` (config) or `allow=` (Python).
 """
 
@@ -27,6 +27,7 @@ DEFAULT_TARGETS = (
     "lightning_prune.data.FashionMNISTDataModule",
     "lightning_prune.data.SyntheticDataModule",
     "lightning_prune.pruning.AdaptivePruning",
+    "lightning_prune.dynamic.DynamicGating",
 )
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _TARGET = re.compile(rf"{_NAME}(\.{_NAME})*")

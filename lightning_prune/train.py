@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 from hydra.errors import InstantiationException
 from omegaconf import DictConfig, OmegaConf
 
+from lightning_prune import gate_record as gates
 from lightning_prune import provenance, run_metrics, run_names, tracking
 from lightning_prune.checkpoint import save_model
 from lightning_prune.config import ConfigError
@@ -73,8 +74,28 @@ def build_extras(cfg: DictConfig, group: str) -> list[Any]:
     return built
 
 
+def build_dynamic(cfg: DictConfig) -> Any:
+    """The `dynamic` group's `DynamicGating` callback, or None (`dynamic=none`)."""
+    return _build(cfg, "dynamic") if cfg.get("dynamic") and "_target_" in cfg.dynamic else None
+
+
+def check_dynamic(cfg: DictConfig, model: pl.LightningModule) -> None:
+    """The gating options and the layers they pick on this model (the callback itself checks
+    the layers only in `setup`): a bad choice fails here, naming the option or layer."""
+    gating = build_dynamic(cfg)
+    if gating is None:
+        return
+    from lightning_prune.dynamic.gates import GatingError, find_layers
+
+    try:
+        find_layers(model, gating.include)
+    except GatingError as err:
+        raise ConfigError(f"dynamic: {err}") from None
+
+
 def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, Any]:
-    """Seed, then instantiate data, model and (when configured) the pruning callback.
+    """Seed, then instantiate data, model and (when configured) the pruning callback; the
+    gating options (`dynamic`) are checked here too, and built again by `fit_and_test`.
 
     Every constructor validates its arguments, so bad values fail here, before training,
     with an error that names the config group.
@@ -83,6 +104,7 @@ def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.Lightn
     datamodule = _build(cfg, "data")
     model = _build(cfg, "model")
     pruning = _build(cfg, "pruning") if cfg.get("pruning") and "_target_" in cfg.pruning else None
+    check_dynamic(cfg, model)
     return datamodule, model, pruning
 
 
@@ -119,9 +141,12 @@ def fit_and_test(
     test: bool = True,
     components: tuple | None = None,
 ) -> TrainResult:
-    """Fit, then test; `components` are the output of `build_components` (built if None)."""
+    """Fit, then test; `components` are the output of `build_components` (built if None).
+    The pruning callback runs first and the gating one (`dynamic`) after it: static masks
+    first, gates on top."""
     datamodule, model, pruning = components or build_components(cfg)
-    all_callbacks = [*([pruning] if pruning else []), *callbacks]
+    gating = build_dynamic(cfg)
+    all_callbacks = [*([pruning] if pruning else []), *([gating] if gating else []), *callbacks]
     kwargs = {**_trainer_kwargs(cfg), **(trainer_overrides or {})}
     try:
         trainer = pl.Trainer(**kwargs, callbacks=all_callbacks, logger=logger)
@@ -139,7 +164,7 @@ def fit_and_test(
         model=model,
         pruning=summary,
         seconds=time.perf_counter() - start,
-        extra={"trainer": trainer},
+        extra={"trainer": trainer, "dynamic": gating},
     )
 
 
@@ -152,6 +177,8 @@ def save_result(cfg: DictConfig, result: TrainResult, folder: Path) -> Path:
     info = {"metrics": result.metrics, "seconds": result.seconds}
     if result.pruning:
         info["pruning"] = {k: _plain(v) for k, v in result.pruning.items() if k != "events"}
+    if result.extra.get("dynamic_summary"):
+        info["dynamic"] = result.extra["dynamic_summary"]
     return save_model(folder / "model.pt", result.model, cfg.model, info)
 
 
@@ -167,7 +194,8 @@ def preflight(cfg: DictConfig, datamodule: pl.LightningDataModule) -> None:
 def run_train(cfg: DictConfig) -> TrainResult:
     """The `train` command: a fit and test recorded as one MLflow run with its model, named
     `train-<preset>` (or `run_name`), the shared final metrics at its last step
-    (`lightning_prune.run_metrics`) and its provenance."""
+    (`lightning_prune.run_metrics`) and its provenance; with `dynamic=gated`, also what the
+    gates did (`lightning_prune.gate_record`)."""
     uri, experiment = cfg.tracking.uri, cfg.tracking.experiment
     components = build_components(cfg)  # bad input fails before anything is recorded
     callbacks, loggers = build_extras(cfg, "callbacks"), build_extras(cfg, "logger")
@@ -188,6 +216,8 @@ def run_train(cfg: DictConfig) -> TrainResult:
         values = {**result.metrics, **run_metrics.model_stats(result.model, result.pruning)}
         step = result.extra["trainer"].global_step
         logger.experiment.log_batch(run_id, metrics=run_metrics.final_metrics(values, step))
+        if result.extra.get("dynamic") is not None:
+            gates.record(logger.experiment, run_id, result, components[0], step)
         result.checkpoint = save_result(cfg, result, Path(cfg.output_dir) / "models" / run_id)
         logger.experiment.log_artifact(run_id, str(result.checkpoint))
         status = "FINISHED"

@@ -68,6 +68,11 @@ def validate(cfg: DictConfig) -> list[space.Param]:
         raise ConfigError("no `search` config group; add `- search: default` to the defaults")
     search = cfg.search
     check_name(search.study_name, "search.study_name")
+    if (cfg.get("dynamic") or {}).get("_target_"):
+        raise ConfigError(
+            "dynamic=gated is not searched yet (trials would gate while the FLOPs demand and "
+            "the dense reference count static MACs); use it with `train`, or dynamic=none"
+        )
     params = space.parse_space(cfg)
     check_storage(search.storage, search.workers)
     if not isinstance(search.n_trials, int) or search.n_trials < 1:

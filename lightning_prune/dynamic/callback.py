@@ -9,9 +9,12 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
 from lightning_prune.dynamic.gates import GatedLayer, GatingError, attach_gates, set_budget
+from lightning_prune.dynamic.usage import GateUsage, UsageMeter
 
 
-def _check_options(budget, warmup_epochs, ramp_epochs, include, bins) -> tuple[str, ...] | None:
+def _check_options(
+    budget, warmup_epochs, ramp_epochs, include, bins, measure_samples
+) -> tuple[str, ...] | None:
     if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget <= 1:
         raise GatingError(f"DynamicGating budget must be in (0, 1], got {budget!r}")
     for name, value in (("warmup_epochs", warmup_epochs), ("ramp_epochs", ramp_epochs)):
@@ -19,6 +22,14 @@ def _check_options(budget, warmup_epochs, ramp_epochs, include, bins) -> tuple[s
             raise GatingError(f"DynamicGating {name} must be a number >= 0, got {value!r}")
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise GatingError(f"DynamicGating bins must be an integer >= 1, got {bins!r}")
+    if measure_samples is not None and (
+        isinstance(measure_samples, bool) or not isinstance(measure_samples, int)
+        or measure_samples < 0
+    ):  # fmt: skip
+        raise GatingError(
+            "DynamicGating measure_samples must be an integer >= 0 or None,"
+            f" got {measure_samples!r}"
+        )
     if include is None:
         return None
     patterns = (include,) if isinstance(include, str) else tuple(include)
@@ -51,6 +62,12 @@ class DynamicGating(Callback):
             pass the rule, or `setup` raises naming it.
         bins: a gated Linear wider than this reads its input average-pooled into `bins`
             features, so the gate costs far less than the layer.
+        measure_samples: at each validation, this many validation inputs also run through the
+            batch-1 skipping path, which counts the MACs that ran; their mean is logged as
+            `dynamic/macs_fraction` and the whole measurement kept in `usage`
+            (`lightning_prune.dynamic.usage.GateUsage`). None measures every input, 0 none.
+
+    Logs `dynamic/budget` (the kept fraction now) each training epoch.
 
     Example::
 
@@ -64,9 +81,14 @@ class DynamicGating(Callback):
         ramp_epochs: float = 1,
         include: Sequence[str] | str | None = None,
         bins: int = 32,
+        measure_samples: int | None = 256,
     ) -> None:
-        self.include = _check_options(budget, warmup_epochs, ramp_epochs, include, bins)
-        self.budget, self.bins = float(budget), bins
+        self.include = _check_options(
+            budget, warmup_epochs, ramp_epochs, include, bins, measure_samples
+        )
+        self.budget, self.bins, self.measure_samples = float(budget), bins, measure_samples
+        self.usage: GateUsage | None = None
+        self._meter: UsageMeter | None = None
         self.warmup_epochs, self.ramp_epochs = float(warmup_epochs), float(ramp_epochs)
         self.layers: list[GatedLayer] = []
         self.current = 1.0 if warmup_epochs or ramp_epochs else self.budget
@@ -92,7 +114,24 @@ class DynamicGating(Callback):
         set_budget(pl_module, self.current)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        pl_module.log("dynamic_budget", self.current)
+        pl_module.log("dynamic/budget", self.current)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        measure = self.measure_samples != 0 and not trainer.sanity_checking
+        self._meter = UsageMeter(pl_module, self.measure_samples) if measure else None
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        if self._meter is not None and dataloader_idx == 0:
+            self._meter.add(batch)
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        meter, self._meter = self._meter, None
+        if meter is None or not meter.usage.samples:
+            return
+        self.usage = meter.usage
+        pl_module.log("dynamic/macs_fraction", self.usage.mean_fraction)
 
     def state_dict(self) -> dict[str, Any]:
         return {"current": self.current, "layers": [item.name for item in self.layers]}
