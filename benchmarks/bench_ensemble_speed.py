@@ -30,6 +30,8 @@ import pytorch_lightning as pl
 import torch
 from common import results_dir  # noqa: E402  (benchmarks/ is on sys.path)
 from lightning_prune.ensembles import WeightedEnsemble, export_ensemble_onnx
+from lightning_prune.ensembles.distill import distill_student
+from lightning_prune.ensembles.fast import prepare_member
 from torch import nn
 
 from lightning_prune.data import FashionMNISTDataModule
@@ -52,6 +54,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="tiny subset, 1 epoch, few repeats")
     parser.add_argument("--networks", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--members", type=int, default=5)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--no-distill", action="store_true", help="skip the distilled student")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--subset", type=int, default=0, help="training images (0: all 55k)")
     parser.add_argument("--repeats", type=int, default=50, help="latency samples per round")
@@ -61,6 +65,7 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     if args.quick:
         args.members, args.epochs, args.subset, args.repeats, args.rounds = 2, 1, 2000, 5, 1
+        args.seeds = args.seeds[:1]
     name = "ensemble_speed-quick.md" if args.quick else "ensemble_speed.md"
     args.out = args.out or results_dir() / name
     return args
@@ -112,11 +117,27 @@ def _onnx_nonzero(path: Path) -> int:
     return sum(int(np.count_nonzero(a)) for a in arrays if a.dtype.kind == "f")
 
 
-def run_case(args: argparse.Namespace, network: str, workdir: Path) -> tuple[list[dict], str]:
-    """Rows (name, accuracy, nonzeros, size, latencies) for one network, and a note."""
+def student_row(args: argparse.Namespace, network: str, ensemble, seed: int) -> dict:
+    """One pruned model of the members' kind trained on the ensemble's soft predictions
+    (`ensemble.distill`), compacted where it has dead units: one member's cost."""
+    case = dict(CASES[network])
+    sparsity = case.pop("target_sparsity")
+    config = {"_target_": "lightning_prune.models.Classifier", "network": network}
+    student, acc, _ = distill_student(ensemble, _data(args), config, sparsity=sparsity,
+                                      epochs=args.epochs, seed=seed, pruning=case)  # fmt: skip
+    net, _ = prepare_member(student, torch.randn(1, *INPUT_SHAPE), compact=True)
+    return {"name": "distilled student", "model": net, "acc": 100 * acc,
+            "nonzero": _nonzero([net])}  # fmt: skip
+
+
+def run_case(
+    args: argparse.Namespace, network: str, workdir: Path, seed: int
+) -> tuple[list[dict], str]:
+    """Rows (name, accuracy, nonzeros, size, latencies) for one network and seed, and a note."""
     start = time.perf_counter()
-    members = [train(args, network, 100 + i, prune=True) for i in range(args.members)]
-    dense = train(args, network, 0, prune=False)
+    members = [train(args, network, 100 * (seed + 1) + i, prune=True)
+               for i in range(args.members)]  # fmt: skip
+    dense = train(args, network, seed, prune=False)
     ensemble = WeightedEnsemble(members).eval()
     built = time.perf_counter()
     fast = ensemble.fast(torch.randn(1, *INPUT_SHAPE), batch_sizes=BATCHES)
@@ -142,6 +163,13 @@ def run_case(args: argparse.Namespace, network: str, workdir: Path) -> tuple[lis
         {"name": "ONNX ensemble (one graph)", "onnx": ens_onnx, "acc": None,
          "nonzero": _onnx_nonzero(ens_onnx)},
     ]  # fmt: skip
+    scores = [accuracy(member, data) for member in members]
+    best = max(range(len(members)), key=scores.__getitem__)
+    best_net, _ = prepare_member(members[best], torch.randn(1, *INPUT_SHAPE), compact=True)
+    rows.append({"name": "best member (test), compacted", "model": best_net,
+                 "acc": scores[best], "nonzero": _nonzero([best_net])})  # fmt: skip
+    if not args.no_distill:
+        rows.append(student_row(args, network, ensemble, seed))
     timings: dict[tuple[str, int], list[float]] = {}
     for _ in range(args.rounds):
         for row in rows:
@@ -163,31 +191,58 @@ def run_case(args: argparse.Namespace, network: str, workdir: Path) -> tuple[lis
     removed = 100 * (1 - after / before)
     compacted = (f"{len(fast.plan['compacted'])} of {len(fast.plan['members'])} members "
                  f"compacted ({removed:.1f} % of hidden units removed)")  # fmt: skip
-    note = (f"**{network}** ({CASES[network]['granularity']}): member sparsity "
+    note = (f"**{network}** seed {seed} ({CASES[network]['granularity']}): member sparsity "
             f"{100 * sparsity:.1f} % of weights; {compacted}; fast form built in "
             f"{build_s:.1f} s ({plan}); fast vs plain ensemble accuracy {acc_fast:.2f} vs "
             f"{acc_plain:.2f}; {time.perf_counter() - start:.0f} s for the case.")  # fmt: skip
     return rows, note
 
 
-def table(results: dict[str, list[dict]]) -> str:
+def _median_rows(per_seed: list[list[dict]]) -> list[dict]:
+    """Each row's median over seeds (accuracy, nonzeros, size, latencies)."""
+    out = []
+    for rows in zip(*per_seed, strict=True):
+        row = {"name": rows[0]["name"]}
+        for key in ("acc", "nonzero", "kb", "ms_b1", "ms_b256"):
+            values = [r[key] for r in rows if r[key] is not None]
+            row[key] = statistics.median(values) if values else None
+        out.append(row)
+    return out
+
+
+def table(results: dict[str, list[list[dict]]]) -> tuple[str, list[str]]:
+    """The markdown table (medians over seeds) and the targets of issue 17, met or not."""
     lines = [
         "| network | model | test acc % | nonzero weights | ONNX KB | ms b1 | ms b256 | "
         "b1 vs dense | b256 vs dense |",
         "|---" * 9 + "|",
     ]
-    for network, rows in results.items():
+    verdicts = []
+    for network, per_seed in results.items():
+        rows = _median_rows(per_seed)
         dense = rows[0]
         for row in rows:
             base = rows[1] if "ONNX" in row["name"] else dense  # ORT rows vs the dense ORT model
             acc = "" if row["acc"] is None else f"{row['acc']:.2f}"
             kb = "" if row["kb"] is None else f"{row['kb']:.0f}"
             lines.append(
-                f"| {network} | {row['name']} | {acc} | {row['nonzero']:,} | {kb} | "
+                f"| {network} | {row['name']} | {acc} | {row['nonzero']:,.0f} | {kb} | "
                 f"{row['ms_b1']:.3f} | {row['ms_b256']:.2f} | "
                 f"{row['ms_b1'] / base['ms_b1']:.2f}x | {row['ms_b256'] / base['ms_b256']:.2f}x |"
             )
-    return "\n".join(lines)
+        by_name = {row["name"]: row for row in rows}
+        fast, best = by_name["fast ensemble"], by_name["best member (test), compacted"]
+        checks = {
+            "fast ensemble <= 1.0x dense at batch 1": fast["ms_b1"] <= dense["ms_b1"],
+            "fast ensemble <= 1.0x dense at batch 256": fast["ms_b256"] <= dense["ms_b256"],
+            f"ensemble >= dense + 1.0 ({fast['acc'] - dense['acc']:+.2f})":
+                fast["acc"] - dense["acc"] >= 1.0,
+            f"ensemble >= best member + 0.5 ({fast['acc'] - best['acc']:+.2f})":
+                fast["acc"] - best["acc"] >= 0.5,
+        }  # fmt: skip
+        verdicts.append(f"**{network} targets**: " + "; ".join(
+            f"{name}: {'met' if ok else 'NOT met'}" for name, ok in checks.items()))  # fmt: skip
+    return "\n".join(lines), verdicts
 
 
 def main() -> None:
@@ -200,19 +255,24 @@ def main() -> None:
     results, notes = {}, []
     with tempfile.TemporaryDirectory(prefix="bench-ensemble-speed-") as tmp:
         for network in args.networks:
-            results[network], note = run_case(args, network, Path(tmp))
-            print(note, flush=True)
-            notes.append(note)
+            results[network] = []
+            for seed in args.seeds:
+                rows, note = run_case(args, network, Path(tmp), seed)
+                results[network].append(rows)
+                print(note, flush=True)
+                notes.append(note)
     split = "quick subset" if args.quick else f"{args.subset or 'all 55k'} training images"
     settings = (
-        f"Fashion-MNIST ({split}), {args.epochs} epoch(s), Adam 1e-3, batch 128; "
+        f"Fashion-MNIST ({split}), {args.epochs} epoch(s), Adam 1e-3, batch 128, seeds "
+        f"{args.seeds} (medians); "
         f"{args.members} pruned members per network (AdaptivePruning during training, "
         "controller off, criteria alternating magnitude / Taylor), uniform weights; CPU, "
         f"{args.threads} thread(s), median of {args.rounds} round(s) of {args.repeats} repeats. "
         "Torch rows are compared with the dense torch model, ONNX rows with the dense model "
         f"run by onnxruntime. Total {time.perf_counter() - start:.0f} s."
     )
-    text = "\n\n".join([table(results), settings, *notes])
+    markdown, verdicts = table(results)
+    text = "\n\n".join([markdown, *verdicts, settings, *notes])
     print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(f"# Ensemble inference cost\n\n{text}\n")

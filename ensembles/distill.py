@@ -89,18 +89,21 @@ def distill_student(
     alpha: float = 0.5,
     seed: int = 0,
     allow: str | Iterable[str] | None = None,
+    pruning: dict[str, Any] | None = None,
 ) -> tuple[nn.Module, float, float]:
     """Train a fresh pruned student; return it (on CPU), its test accuracy and its sparsity.
 
     Temperature T > 1 softens the ensemble's probabilities so the student also learns how
     the members rank the wrong classes; T^2 keeps the soft term's gradient scale.
+    `pruning`: further `AdaptivePruning` options (e.g. a structured granularity).
     """
     pl.seed_everything(seed, verbose=False)
     student = safe_instantiate(model_config, allow, where="best member's model_config")
     wrapper = DistillModule(student, ensemble, temperature, alpha)
-    pruning = AdaptivePruning(target_sparsity=sparsity, monitor=None, verbose=False)
+    options = {"monitor": None, "verbose": False, **(pruning or {})}
+    callback = AdaptivePruning(target_sparsity=sparsity, **options)
     trainer = pl.Trainer(
-        max_epochs=epochs, callbacks=[pruning], logger=False, enable_checkpointing=False,
+        max_epochs=epochs, callbacks=[callback], logger=False, enable_checkpointing=False,
         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
         num_sanity_val_steps=0,
     )  # fmt: skip
@@ -109,7 +112,7 @@ def distill_student(
         trainer.fit(wrapper, datamodule=datamodule)
     finally:
         ensemble.to(device)
-    achieved = float(pruning.summary(events=False)["sparsity"])
+    achieved = float(callback.summary(events=False)["sparsity"])
     student = student.cpu().eval()
     datamodule.setup("test")
     log_probs, labels = collect_log_probs([student], datamodule.test_dataloader())
