@@ -72,6 +72,7 @@ class TrialAttr:
     NONZERO_PARAMS = "nonzero_params"
     FLOPS = "flops"
     LATENCY_MS = "latency_ms"  # only when a demand or the Pareto objective needs it
+    MACS_FRACTION = "macs_fraction"  # gated trials: mean executed MACs / the ungated model's
     VAL_ACC = "val_acc"
     TEST_ACC = "test_acc"
     FEASIBLE = "feasible"

@@ -4,7 +4,8 @@
 
 - `min_sparsity`, `max_nonzero_params` and `max_flops` become one least target sparsity
   (the last two from the model itself, built once: parameters outside the prunable weights
-  stay dense, and FLOPs are counted at a uniform density over the prunable layers);
+  stay dense, and FLOPs are counted at a uniform density over the prunable layers; where
+  trials may gate per input, gates cut FLOPs too, so `max_flops` sets no floor then);
 - `target_sparsity` is then sampled in `[least, high]`, and N:M patterns less sparse than
   that (`1 - N/M < least`) are left out, with `n:m` itself when no pattern is left;
 - `max_latency_ms` is compared with the dense model's latency: masks that zero single weights
@@ -17,6 +18,7 @@ A demand nothing in the space can meet is a ConfigError before training.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,7 +85,9 @@ def sparsity_floor(cfg: DictConfig) -> Floor | None:
     floors: list[Floor] = []
     if demand.get("min_sparsity") is not None:
         floors.append(Floor(float(demand["min_sparsity"]), "search.demand.min_sparsity"))
-    if demand.get("max_nonzero_params") is None and demand.get("max_flops") is None:
+    if demand.get("max_nonzero_params") is None and (
+        demand.get("max_flops") is None or _may_gate(cfg)
+    ):
         return max(floors, key=lambda f: f.sparsity, default=None)
     counts = _model_counts(cfg)
     if demand.get("max_nonzero_params") is not None:
@@ -97,7 +101,7 @@ def sparsity_floor(cfg: DictConfig) -> Floor | None:
                 f"(of {counts['total']:g}); raise it above {dense_rest:g}"
             )
         floors.append(Floor(max(0.0, least), "search.demand.max_nonzero_params"))
-    if demand.get("max_flops") is not None:
+    if demand.get("max_flops") is not None and not _may_gate(cfg):
         bound = float(demand["max_flops"])
         if "flops" not in counts:
             raise ConfigError(
@@ -112,6 +116,16 @@ def sparsity_floor(cfg: DictConfig) -> Floor | None:
         least = (counts["flops"] - bound) / max(counts["prunable_flops"], 1.0)
         floors.append(Floor(max(0.0, least), "search.demand.max_flops (at uniform density)"))
     return max(floors, key=lambda f: f.sparsity)
+
+
+def _may_gate(cfg: DictConfig) -> bool:
+    """Whether trials may run per-input gates (`dynamic=gated`, or a `dynamic` mode in the
+    space): gates also cut FLOPs, so `max_flops` sets no sparsity floor then."""
+    space = cfg.search.get("space") or {}
+    modes = [e for e in space.values() if isinstance(e, Mapping) and e.get("target") == "dynamic"]
+    if modes:
+        return any(m in ("dynamic", "both") for e in modes for m in e.get("choices") or [])
+    return bool((cfg.get("dynamic") or {}).get("_target_"))
 
 
 def dense_too_slow(cfg: DictConfig) -> float | None:

@@ -52,6 +52,7 @@ def ensure_dense_reference(cfg: DictConfig, study: optuna.Study, parent_run_id: 
     dense_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     with open_dict(dense_cfg):
         dense_cfg.pruning = {}
+        dense_cfg.dynamic = {}  # dense: no per-input gates either
         dense_cfg.trainer.enable_progress_bar = False
         dense_cfg.trainer.enable_model_summary = False
     result = _fit_recorded(cfg, dense_cfg, parent_run_id)

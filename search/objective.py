@@ -148,10 +148,35 @@ def _record(trial: optuna.Trial, values: dict[str, Any]) -> None:
         trial.set_user_attr(key, value)
 
 
+def gated_flops(model: nn.Module, summary: dict | None, gating: Any) -> dict[str, Any]:
+    """With per-input gates, FLOPs mean the average executed: the measured fraction of
+    MACs that ran (gates included, `DynamicGating.usage`) times the statically pruned
+    model's FLOPs (its nonzero weights), or the dense FLOPs without static masks."""
+    usage = getattr(gating, "usage", None)
+    if usage is None or not usage.samples:
+        raise TrialFailed("the gates' executed MACs were not measured (no validation ran, or "
+                          "dynamic.measure_samples=0)")  # fmt: skip
+    if summary and summary.get("flops") is not None:
+        base = float(summary["flops"])
+    else:
+        from lightning_prune.pruning.stats import measure_macs
+
+        example = model.example_input_array[:1]
+        base = 2.0 * sum(measure_macs(model, example).values())
+    fraction = float(usage.mean_fraction)
+    return {TrialAttr.FLOPS: fraction * base, TrialAttr.MACS_FRACTION: fraction}
+
+
 def _measure(
-    ctx: SearchContext, model: nn.Module, summary: dict | None, granularity: str | None
+    ctx: SearchContext,
+    model: nn.Module,
+    summary: dict | None,
+    granularity: str | None,
+    gating: Any = None,
 ) -> dict[str, Any]:
     stats = model_stats(model, summary)
+    if gating is not None:
+        stats.update(gated_flops(model, summary, gating))
     demand = dict(ctx.cfg.search.demand or {})
     if demand.get("max_latency_ms") is not None or (
         ctx.multi and ctx.cfg.search.pareto_with == "latency"
@@ -239,7 +264,8 @@ def _fit(
     if reporter.interrupted:
         raise SearchInterrupted()
     granularity = OmegaConf.select(trial_cfg, "pruning.granularity", default=None)
-    stats = _measure(ctx, result.model, result.pruning, granularity if pruning else None)
+    stats = _measure(ctx, result.model, result.pruning, granularity if pruning else None,
+                     result.extra.get("dynamic"))  # fmt: skip
     metrics.update({"val_acc": result.metrics.get("val_acc"), **stats})
     _record(trial, {**stats, TrialAttr.VAL_ACC: metrics["val_acc"]})
     feasible = set_constraints(trial, dict(search.demand or {}), stats)

@@ -19,6 +19,9 @@ from lightning_prune.config import ConfigError
 
 FIELDS = {"target", "choices", "low", "high", "log", "step", "when"}
 CALLBACK = "lightning_prune.pruning.AdaptivePruning"
+GATING = "lightning_prune.dynamic.DynamicGating"
+# target `dynamic`: which pruning a trial uses (static masks, per-input gates, or both)
+MODES = ("static", "dynamic", "both")
 
 
 @dataclass(frozen=True)
@@ -57,23 +60,31 @@ def _fail(name: str, message: str) -> None:
     raise ConfigError(f"search.space.{name}: {message}")
 
 
-def _callback_arguments() -> set[str] | None:
-    """Keyword arguments of AdaptivePruning (None while the callback is not importable)."""
+def _callback_arguments(group: str) -> set[str] | None:
+    """Keyword arguments of the group's callback (None while it is not importable)."""
     try:
-        from lightning_prune.pruning import AdaptivePruning
+        if group == "pruning":
+            from lightning_prune.pruning import AdaptivePruning as callback
+        else:
+            from lightning_prune.dynamic import DynamicGating as callback
     except ImportError:
         return None
-    return set(inspect.signature(AdaptivePruning).parameters)
+    return set(inspect.signature(callback).parameters)
 
 
-def _check_target(name: str, target: str, cfg: DictConfig) -> None:
+def _check_target(name: str, target: str, cfg: DictConfig, choices: Any = None) -> None:
     if not isinstance(target, str) or not target:
         _fail(name, "needs `target`, the config key it sets, e.g. target: pruning.criterion")
+    if target == "dynamic":
+        if not isinstance(choices, list) or not choices or not set(choices) <= set(MODES):
+            _fail(name, f"target 'dynamic' takes choices from {list(MODES)}, got {choices!r}")
+        return
     group, _, key = target.partition(".")
-    if group == "pruning":  # a dense config has no pruning keys yet: ask the callback
-        allowed = _callback_arguments()
+    if group in ("pruning", "dynamic"):  # a config without the group: ask the callback
+        allowed = _callback_arguments(group)
         if allowed is not None and key not in allowed:
-            _fail(name, f"unknown parameter {target!r}; AdaptivePruning takes {sorted(allowed)}")
+            owner = "AdaptivePruning" if group == "pruning" else "DynamicGating"
+            _fail(name, f"unknown parameter {target!r}; {owner} takes {sorted(allowed)}")
         return
     if group == "search" or OmegaConf.select(cfg, target, default="__missing__") == "__missing__":
         _fail(name, f"unknown parameter {target!r}: no such config key")
@@ -104,7 +115,7 @@ def _parse_entry(name: str, entry: Any, cfg: DictConfig) -> Param:
     unknown = set(entry) - FIELDS
     if unknown:
         _fail(name, f"unknown field(s) {sorted(unknown)}; allowed: {sorted(FIELDS)}")
-    _check_target(name, entry.get("target"), cfg)
+    _check_target(name, entry.get("target"), cfg, entry.get("choices"))
     choices = entry.get("choices")
     if choices is not None:
         if not isinstance(choices, list) or not choices:
@@ -176,10 +187,32 @@ def trial_overrides(params: list[Param], chosen: dict[str, Any]) -> dict[str, An
     return {p.target: chosen[p.name] for p in params if p.name in chosen}
 
 
+def gating_defaults() -> dict[str, Any]:
+    """The `dynamic=gated` options (conf/dynamic/gated.yaml), for a trial that gates in a
+    study composed without them."""
+    from lightning_prune.config import conf_dir
+
+    return dict(OmegaConf.to_container(OmegaConf.load(conf_dir() / "dynamic" / "gated.yaml")))
+
+
 def apply_overrides(cfg: DictConfig, values: dict[str, Any]) -> DictConfig:
     """A copy of `cfg` with the trial's values set; a dense `pruning` group becomes the
-    AdaptivePruning callback so pruning parameters have somewhere to go."""
+    AdaptivePruning callback so pruning parameters have somewhere to go. A `dynamic` mode
+    keeps the static masks (`pruning`), the per-input gates (`dynamic`) or both."""
     trial_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
+    values = dict(values)
+    mode = values.pop("dynamic", None)
+    if mode == "dynamic":  # gates alone: no static masks, so no pruning parameters either
+        values = {k: v for k, v in values.items() if not k.startswith("pruning.")}
+        trial_cfg.pruning = {}
+    gating_keys = [k for k in values if k.startswith("dynamic.")]
+    if mode == "static":
+        trial_cfg.dynamic = {}
+        values = {k: v for k, v in values.items() if k not in gating_keys}
+    elif (mode in ("dynamic", "both") or gating_keys) and "_target_" not in trial_cfg.get(
+        "dynamic", {}
+    ):
+        trial_cfg.dynamic = gating_defaults()
     pruning_keys = [k for k in values if k.startswith("pruning.")]
     if pruning_keys and "_target_" not in trial_cfg.get("pruning", {}):
         trial_cfg.pruning = {"_target_": CALLBACK}

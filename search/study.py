@@ -59,7 +59,7 @@ from lightning_prune.preflight import (
     check_writable_file,
     first_line,
 )
-from lightning_prune.train import build_data
+from lightning_prune.train import build_data, build_dynamic
 
 
 def validate(cfg: DictConfig) -> list[space.Param]:
@@ -68,11 +68,6 @@ def validate(cfg: DictConfig) -> list[space.Param]:
         raise ConfigError("no `search` config group; add `- search: default` to the defaults")
     search = cfg.search
     check_name(search.study_name, "search.study_name")
-    if (cfg.get("dynamic") or {}).get("_target_"):
-        raise ConfigError(
-            "dynamic=gated is not searched yet (trials would gate while the FLOPs demand and "
-            "the dense reference count static MACs); use it with `train`, or dynamic=none"
-        )
     params = space.parse_space(cfg)
     check_storage(search.storage, search.workers)
     if not isinstance(search.n_trials, int) or search.n_trials < 1:
@@ -96,6 +91,7 @@ def validate(cfg: DictConfig) -> list[space.Param]:
     make_sampler(search)
     make_pruner(search)
     directions(search)
+    build_dynamic(cfg)  # the gating options (dynamic=gated), checked as `train` does
     return params
 
 
