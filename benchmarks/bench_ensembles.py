@@ -141,12 +141,18 @@ def search_members(args: argparse.Namespace, seed: int, folder: Path) -> dict[st
         *_overrides(args, seed, seed), *study, f"ensemble.k={args.k}", "ensemble.distill=true",
         f"ensemble.distill_epochs={args.epochs}",
     ]))  # fmt: skip
+    diverse = run_ensemble(load_config([
+        *_overrides(args, seed, seed), *study, f"ensemble.k={args.k}",
+        "ensemble.diversity=agreement", "ensemble.log_mlflow=false",
+    ]))  # fmt: skip
     states = [t.state for t in trials]
     print(f"  seed {seed} search: {len(trials)} trials in {searched:.0f}s; ensemble "
           f"{result.report.ensemble['test_acc']:.4f}", flush=True)  # fmt: skip
     assert result.distilled is not None
     return {
         "search: ensemble, optimized": 100 * result.report.ensemble["test_acc"],
+        "search: ensemble, optimized, diverse (agreement)": 100
+        * diverse.report.ensemble["test_acc"],
         "search: best member (test, oracle)": 100 * result.report.best_member["test_acc"],
         "search: distilled student": 100 * result.distilled.test_acc,
         "search: student sparsity (%)": 100 * result.distilled.sparsity,
@@ -197,10 +203,10 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, float]:
 
 
 def _table_row(key: str, values: list[float]) -> str:
-    cells = " | ".join(f"{v:+.2f}" if key.startswith("gain") else f"{v:.2f}" for v in values)
-    median = statistics.median(values)
-    return f"| {key} | {cells} | {median:+.2f} |" if key.startswith("gain") else (
-        f"| {key} | {cells} | {median:.2f} |")  # fmt: skip
+    signed = key.removeprefix("search: ").startswith("gain")
+    form = "{:+.2f}" if signed else ("{:.0f}" if "trials" in key else "{:.2f}")
+    cells = " | ".join(form.format(v) for v in values)
+    return f"| {key} | {cells} | {form.format(statistics.median(values))} |"
 
 
 def with_gains(rows: list[dict[str, float]]) -> list[dict[str, float]]:
@@ -212,6 +218,8 @@ def with_gains(rows: list[dict[str, float]]) -> list[dict[str, float]]:
             ens, student = row["search: ensemble, optimized"], row["search: distilled student"]
             gains["search: gain over best member"] = ens - row["search: best member (test, oracle)"]
             gains["search: gain over dense"] = ens - row["dense model"]
+            diverse = row["search: ensemble, optimized, diverse (agreement)"]
+            gains["search: gain over dense, diverse"] = diverse - row["dense model"]
             gains["search: gain of student over dense"] = student - row["dense model"]
             gains["search: gain of student over ensemble"] = student - ens
         for rule in WEIGHTINGS if "ensemble, uniform" in row else ():
