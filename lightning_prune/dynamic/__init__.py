@@ -10,6 +10,7 @@ from lightning_prune.dynamic.gates import (
     gated_layers,
     set_budget,
 )
+from lightning_prune.dynamic.grouped import GroupedSkippingPath, gated_forward_grouped
 from lightning_prune.dynamic.skipping import (
     MacCount,
     SkippingPath,
@@ -22,11 +23,13 @@ __all__ = [
     "DynamicGating",
     "GatedLayer",
     "GatingError",
+    "GroupedSkippingPath",
     "MacCount",
     "SkippingPath",
     "attach_gates",
     "dense_macs",
     "gated_forward_batch1",
+    "gated_forward_grouped",
     "gated_layers",
     "set_budget",
 ]

@@ -5,7 +5,7 @@ Where the gated layers sit in a plain chain (an nn.Sequential that computes the 
 (gathered weight rows) and lets the next layer read only those channels (gathered weight
 columns), so dropped channels cost nothing downstream either. Without a chain it falls back to
 running the model's own forward with each gated layer computing only its kept output rows: fewer
-MACs for that layer, none saved in the layer after it.
+MACs for that layer, none saved in the layer after it. Batches: `lightning_prune.dynamic.grouped`.
 """
 
 from __future__ import annotations
@@ -22,13 +22,18 @@ from lightning_prune.dynamic.gates import NORMS, ZERO_PRESERVING, GatedLayer, ga
 
 @dataclass
 class MacCount:
-    """MACs that ran for one input, the dense model's MACs, and output channels kept per layer
-    (`kept[name] = (kept, total)`). Gate MACs are part of `executed`."""
+    """MACs that ran, the dense model's MACs, and output channels kept per layer
+    (`kept[name] = (kept, total)`), for one input or summed over a batch. Gate MACs are part of
+    `executed`. The grouped batch path also fills `per_input` (the MACs each input needs on its
+    own: what the batch-1 path runs for it) and `off` (per gated layer, on how many inputs each
+    output channel was gated off)."""
 
     executed: int = 0
     dense: int = 0
     gate: int = 0
     kept: dict[str, tuple[int, int]] = field(default_factory=dict)
+    per_input: torch.Tensor | None = None
+    off: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def fraction(self) -> float:
@@ -93,7 +98,8 @@ def _run_layer(layer, x, rows, cols, ran: MacCount, dense_in: int, dense_out: in
     return out
 
 
-def _dense_sizes(layer: nn.Module) -> tuple[int, int]:
+def dense_sizes(layer: nn.Module) -> tuple[int, int]:
+    """(input, output) channels of a Conv2d, or features of a Linear."""
     if isinstance(layer, nn.Conv2d):
         return layer.in_channels, layer.out_channels
     return layer.in_features, layer.out_features
@@ -125,7 +131,7 @@ def _chain_forward(chain: nn.Sequential, x: torch.Tensor, gated: dict, ran: MacC
     for module in chain:
         item = gated.get(module)
         if isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.groups == 1):
-            dense_in, dense_out = _dense_sizes(module)
+            dense_in, dense_out = dense_sizes(module)
             rows = None
             if item is not None:
                 scale, rows = _gate_scale(item, x, idx, full, ran)
@@ -161,7 +167,7 @@ def _rows_only(layers: list[GatedLayer], ran: MacCount):
         def forward(x):
             scale, rows = _gate_scale(item, x, None, x.shape[1], ran)
             ran.kept[item.name] = (len(rows), item.gate.channels)
-            dense_in, dense_out = _dense_sizes(item.layer)
+            dense_in, dense_out = dense_sizes(item.layer)
             out = _run_layer(item.layer, x, rows, None, ran, dense_in, dense_out)
             full_scale = scale.new_zeros(1, dense_out)
             full_scale[0, rows] = scale
@@ -171,7 +177,7 @@ def _rows_only(layers: list[GatedLayer], ran: MacCount):
         return forward
 
     def count(module, args, out):
-        dense_in, dense_out = _dense_sizes(module)
+        dense_in, dense_out = dense_sizes(module)
         macs = layer_macs(module, dense_in, dense_out, out)
         ran.executed, ran.dense = ran.executed + macs, ran.dense + macs
 
@@ -244,7 +250,7 @@ def dense_macs(model: nn.Module, x: torch.Tensor) -> int:
     total, handles = [0], []
 
     def count(module, args, out):
-        dense_in, dense_out = _dense_sizes(module)
+        dense_in, dense_out = dense_sizes(module)
         total[0] += layer_macs(module, dense_in, dense_out, out)
 
     gates = [item.gate for item in gated_layers(model)]
