@@ -3,7 +3,7 @@ vs the fast ensemble (`WeightedEnsemble.fast`) vs the whole ensemble as one ONNX
 
 Fashion-MNIST, CPU. Two cases:
 - LeNet-300-100: members pruned to ~96 % unstructured sparsity by `AdaptivePruning` during a
-  short real training run (cubic schedule, magnitude / Taylor criteria, controller off);
+  real training run (the recipes of bench_ensembles.py, controller off);
 - LeNet-5: members pruned structurally (~70 % of channels / neurons) by `AdaptivePruning`
   (granularity "structured", layerwise), then compacted by the fast form.
 The dense model is the same network trained for the same epochs without pruning. Uniform
@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from common import results_dir  # noqa: E402  (benchmarks/ is on sys.path)
+from bench_ensembles import RECIPES  # noqa: E402  (benchmarks/ is on sys.path)
+from common import results_dir  # noqa: E402
 from lightning_prune.ensembles import WeightedEnsemble, export_ensemble_onnx
 from lightning_prune.ensembles.distill import distill_student
 from lightning_prune.ensembles.fast import prepare_member
@@ -46,7 +47,6 @@ CASES = {
     "lenet300": {"granularity": "unstructured", "target_sparsity": 0.96},
     "lenet5": {"granularity": "structured", "target_sparsity": 0.7, "allocation": "layerwise"},
 }
-CRITERIA = ("magnitude", "taylor")
 
 
 def parse_args() -> argparse.Namespace:
@@ -56,7 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--members", type=int, default=5)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--no-distill", action="store_true", help="skip the distilled student")
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=8)
     parser.add_argument("--subset", type=int, default=0, help="training images (0: all 55k)")
     parser.add_argument("--repeats", type=int, default=50, help="latency samples per round")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds")
@@ -76,14 +76,15 @@ def _data(args: argparse.Namespace) -> FashionMNISTDataModule:
     return FashionMNISTDataModule(subset=args.subset or None, val_subset=2000, test_subset=test)
 
 
-def train(args: argparse.Namespace, network: str, seed: int, prune: bool) -> Classifier:
-    """One model (pruned when `prune`): plain weights with exact zeros, eval mode."""
+def train(args: argparse.Namespace, network: str, seed: int, recipe: dict | None) -> Classifier:
+    """One model, pruned with `recipe` (criterion, schedule, regrowth, lr: the recipes of
+    bench_ensembles.py) or dense without: plain weights with exact zeros, eval mode."""
     pl.seed_everything(seed, verbose=False)
-    model = Classifier(network)
+    model = Classifier(network, lr=recipe["lr"] if recipe else 1e-3)
     callbacks = []
-    if prune:
-        criterion = CRITERIA[seed % len(CRITERIA)]
-        callbacks.append(AdaptivePruning(**CASES[network], criterion=criterion, monitor=None,
+    if recipe:
+        options = {k: v for k, v in recipe.items() if k != "lr"}
+        callbacks.append(AdaptivePruning(**CASES[network], **options, monitor=None,
                                          verbose=False))  # fmt: skip
     trainer = pl.Trainer(max_epochs=args.epochs, accelerator="cpu", devices=1, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False,
@@ -135,9 +136,9 @@ def run_case(
 ) -> tuple[list[dict], str]:
     """Rows (name, accuracy, nonzeros, size, latencies) for one network and seed, and a note."""
     start = time.perf_counter()
-    members = [train(args, network, 100 * (seed + 1) + i, prune=True)
+    members = [train(args, network, 100 * (seed + 1) + i, RECIPES[i % len(RECIPES)])
                for i in range(args.members)]  # fmt: skip
-    dense = train(args, network, seed, prune=False)
+    dense = train(args, network, seed, None)
     ensemble = WeightedEnsemble(members).eval()
     built = time.perf_counter()
     fast = ensemble.fast(torch.randn(1, *INPUT_SHAPE), batch_sizes=BATCHES)
@@ -263,10 +264,11 @@ def main() -> None:
                 notes.append(note)
     split = "quick subset" if args.quick else f"{args.subset or 'all 55k'} training images"
     settings = (
-        f"Fashion-MNIST ({split}), {args.epochs} epoch(s), Adam 1e-3, batch 128, seeds "
+        f"Fashion-MNIST ({split}), {args.epochs} epoch(s), Adam, batch 128, seeds "
         f"{args.seeds} (medians); "
         f"{args.members} pruned members per network (AdaptivePruning during training, "
-        "controller off, criteria alternating magnitude / Taylor), uniform weights; CPU, "
+        "controller off, the recipes of bench_ensembles.py: criterion, schedule, regrowth and "
+        "learning rate 5e-4..2e-3 vary; dense at 1e-3), uniform weights; CPU, "
         f"{args.threads} thread(s), median of {args.rounds} round(s) of {args.repeats} repeats. "
         "Torch rows are compared with the dense torch model, ONNX rows with the dense model "
         f"run by onnxruntime. Total {time.perf_counter() - start:.0f} s."
