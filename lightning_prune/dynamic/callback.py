@@ -8,15 +8,23 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 
-from lightning_prune.dynamic.gates import GatedLayer, GatingError, attach_gates, set_budget
+from lightning_prune.dynamic.gates import (
+    GATE_MODES,
+    GatedLayer,
+    GatingError,
+    attach_gates,
+    set_budget,
+)
 from lightning_prune.dynamic.usage import GateUsage, UsageMeter
 
 
 def _check_options(
-    budget, warmup_epochs, ramp_epochs, include, bins, measure_samples
+    budget, warmup_epochs, ramp_epochs, include, bins, measure_samples, gate
 ) -> tuple[str, ...] | None:
     if isinstance(budget, bool) or not isinstance(budget, int | float) or not 0 < budget <= 1:
         raise GatingError(f"DynamicGating budget must be in (0, 1], got {budget!r}")
+    if gate not in GATE_MODES:
+        raise GatingError(f"DynamicGating gate must be one of {GATE_MODES}, got {gate!r}")
     for name, value in (("warmup_epochs", warmup_epochs), ("ramp_epochs", ramp_epochs)):
         if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
             raise GatingError(f"DynamicGating {name} must be a number >= 0, got {value!r}")
@@ -62,6 +70,10 @@ class DynamicGating(Callback):
             pass the rule, or `setup` raises naming it.
         bins: a gated Linear wider than this reads its input average-pooled into `bins`
             features, so the gate costs far less than the layer.
+        gate: "topk" keeps ceil(budget * channels) channels of every input (each input costs
+            the same); "threshold" keeps the channels whose saliency passes a cut-off learnt
+            in training (the top `budget` share of a batch's saliencies), so the budget holds
+            on average and inputs differ in cost (`lightning_prune.dynamic.gates.ChannelGate`).
         measure_samples: at each validation, this many validation inputs also run through the
             batch-1 skipping path, which counts the MACs that ran; their mean is logged as
             `dynamic/macs_fraction` and the whole measurement kept in `usage`
@@ -82,10 +94,12 @@ class DynamicGating(Callback):
         include: Sequence[str] | str | None = None,
         bins: int = 32,
         measure_samples: int | None = 256,
+        gate: str = "topk",
     ) -> None:
         self.include = _check_options(
-            budget, warmup_epochs, ramp_epochs, include, bins, measure_samples
+            budget, warmup_epochs, ramp_epochs, include, bins, measure_samples, gate
         )
+        self.gate = gate
         self.budget, self.bins, self.measure_samples = float(budget), bins, measure_samples
         self.usage: GateUsage | None = None
         self._meter: UsageMeter | None = None
@@ -105,7 +119,7 @@ class DynamicGating(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit" and not self.layers:
             self.current = self.budget  # evaluating a gated model: the trained budget
-        self.layers = attach_gates(pl_module, self.include, self.current, self.bins)
+        self.layers = attach_gates(pl_module, self.include, self.current, self.bins, self.gate)
 
     def on_train_batch_start(self, trainer, pl_module, batch: Any, batch_idx: int) -> None:
         batches = trainer.num_training_batches

@@ -38,20 +38,36 @@ class GatingError(ValueError):
     """A DynamicGating option or a layer choice that cannot work; raised before training."""
 
 
-class ChannelGate(nn.Module):
-    """Saliency = relu(W @ pool(x) + b) over the output channels of one layer; keeps the top-k.
+GATE_MODES = ("topk", "threshold")
 
-    Conv inputs are pooled over space (one value per input channel); Linear inputs wider than
-    `bins` are average-pooled into `bins` features so the gate stays far cheaper than the layer.
+
+class ChannelGate(nn.Module):
+    """Saliency = relu(W @ pool(x) + b) over the output channels of one layer; keeps some.
+
+    `mode` "topk" keeps the top ceil(budget * channels) of every input (the same cost for
+    every input, as FBS). "threshold" keeps, in training, the top budget share of all
+    (input, channel) saliencies of the batch, and tracks that batch cut-off in the buffer
+    `threshold` (a running mean, as BatchNorm tracks statistics); in eval it keeps every
+    channel above it. Then inputs whose saliencies are spread thin run fewer channels and the
+    budget holds on average, not per input. Conv inputs are pooled over space; Linear inputs
+    wider than `bins` are average-pooled into `bins` features (the gate stays cheap).
     """
 
-    def __init__(self, in_features: int, channels: int, bins: int | None, budget: float) -> None:
+    def __init__(
+        self, in_features: int, channels: int, bins: int | None, budget: float, mode: str = "topk"
+    ) -> None:
         super().__init__()
+        if mode not in GATE_MODES:
+            raise GatingError(f"DynamicGating gate must be one of {GATE_MODES}, got {mode!r}")
         self.weight = nn.Parameter(torch.randn(channels, in_features) * 0.01)
         # bias 1: every saliency starts near 1, so the gated model starts as the dense one
         self.bias = nn.Parameter(torch.ones(channels))
         self.register_buffer("budget", torch.tensor(float(budget)))
-        self.channels, self.bins = channels, bins
+        if mode == "threshold":
+            self.register_buffer("threshold", torch.tensor(0.0))
+            self.register_buffer("calibrated", torch.tensor(False))
+        self.channels, self.bins, self.mode = channels, bins, mode
+        self.momentum = 0.1
         self.enabled = True
         self.external = False  # the batch-1 paths compute the scale themselves
         self._scale: torch.Tensor | None = None
@@ -68,23 +84,58 @@ class ChannelGate(nn.Module):
             return x
         return F.adaptive_avg_pool1d(x.unsqueeze(1), self.bins).squeeze(1)
 
-    def select(self, pooled: torch.Tensor, weight: torch.Tensor | None = None):
-        """(saliency of the kept channels, their indices), per row, from a pooled input; the
-        values come from topk, so gradients reach the gate through them."""
-        saliency = F.relu(F.linear(pooled, self.weight if weight is None else weight, self.bias))
+    def saliency(self, pooled: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        return F.relu(F.linear(pooled, self.weight if weight is None else weight, self.bias))
+
+    def _threshold_mask(self, saliency: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            count = max(1, round(float(self.budget) * saliency.numel()))
+            cut = saliency.detach().flatten().topk(count, sorted=False).values.min()
+            with torch.no_grad():
+                if bool(self.calibrated):
+                    self.threshold.lerp_(cut, self.momentum)
+                else:
+                    self.threshold.copy_(cut)
+                    self.calibrated.fill_(True)
+        else:
+            cut = self.threshold
+        mask = (saliency >= cut) & (saliency > 0)
+        top = saliency.argmax(dim=1, keepdim=True)  # every input runs at least one channel
+        return mask.scatter(1, top, torch.ones_like(top, dtype=torch.bool))
+
+    def scale_and_mask(self, pooled: torch.Tensor, weight: torch.Tensor | None = None):
+        """(mask * saliency, kept mask), both (batch, channels); the mask is None when every
+        channel runs. Gradients reach the gate through the kept saliencies."""
+        saliency = self.saliency(pooled, weight)
         if self.keep_count() == self.channels:
             return saliency, None
-        top = saliency.topk(self.keep_count(), dim=1, sorted=False)
-        return top.values, top.indices
+        if self.mode == "topk":
+            kept = saliency.topk(self.keep_count(), dim=1, sorted=False).indices
+            ones = torch.ones_like(kept, dtype=torch.bool)  # a tensor source: ONNX traces it
+            mask = torch.zeros_like(saliency, dtype=torch.bool).scatter(1, kept, ones)
+        else:
+            mask = self._threshold_mask(saliency)
+        return saliency * mask, mask
+
+    def select(self, pooled: torch.Tensor, weight: torch.Tensor | None = None):
+        """(saliency of the kept channels, their indices) per row, from a pooled input; with
+        threshold gates rows keep different counts, so only one row at a time."""
+        if self.mode == "topk" or self.keep_count() == self.channels:
+            saliency = self.saliency(pooled, weight)
+            if self.keep_count() == self.channels:
+                return saliency, None
+            top = saliency.topk(self.keep_count(), dim=1, sorted=False)
+            return top.values, top.indices
+        if pooled.shape[0] != 1:
+            raise ValueError("threshold gates keep a different number of channels per input: "
+                             "use scale_and_mask for several inputs")  # fmt: skip
+        scale, mask = self.scale_and_mask(pooled, weight)
+        kept = mask[0].nonzero().flatten().unsqueeze(0)
+        return scale.gather(1, kept), kept
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         """mask * saliency, shape (batch, channels)."""
-        values, kept = self.select(self.pool(x))
-        if kept is None:
-            return values
-        return torch.zeros(
-            x.shape[0], self.channels, dtype=values.dtype, device=values.device
-        ).scatter(1, kept, values)
+        return self.scale_and_mask(self.pool(x))[0]
 
     def before_layer(self, module: nn.Module, args: tuple) -> None:
         if self.enabled and not self.external:
@@ -173,6 +224,7 @@ def attach_gates(
     include: Sequence[str] | None = None,
     budget: float = 1.0,
     bins: int = 32,
+    mode: str = "topk",
 ) -> list[GatedLayer]:
     """Gate the chosen layers of `root` (idempotent): each gate goes to `layer.dynamic_gate`."""
     existing = gated_layers(root)
@@ -180,10 +232,11 @@ def attach_gates(
         return existing
     for _name, layer in find_layers(root, include):
         if isinstance(layer, nn.Conv2d):
-            gate = ChannelGate(layer.in_channels, layer.out_channels, None, budget)
+            gate = ChannelGate(layer.in_channels, layer.out_channels, None, budget, mode)
         else:
             pooled = None if layer.in_features <= bins else bins
-            gate = ChannelGate(pooled or layer.in_features, layer.out_features, pooled, budget)
+            width = pooled or layer.in_features
+            gate = ChannelGate(width, layer.out_features, pooled, budget, mode)
         layer.add_module(GATE_ATTR, gate.to(layer.weight.device))
     layers = gated_layers(root)
     for item in layers:

@@ -136,12 +136,10 @@ def _gate(item: GatedLayer, group: Group, ran: MacCount) -> tuple[torch.Tensor, 
     ran.executed += weight.numel() * n
     ran.gate += weight.numel() * n
     ran.per_input.index_add_(0, group.rows, needed)
-    values, kept = gate.select(pooled, weight)
-    if kept is None:
-        return values, torch.ones(n, gate.channels, dtype=torch.bool, device=x.device)
-    scale = values.new_zeros(n, gate.channels).scatter(1, kept, values)
-    mask = torch.zeros(n, gate.channels, dtype=torch.bool, device=x.device)
-    return scale, mask.scatter(1, kept, True)
+    scale, mask = gate.scale_and_mask(pooled, weight)
+    if mask is None:
+        return scale, torch.ones(n, gate.channels, dtype=torch.bool, device=x.device)
+    return scale, mask
 
 
 def _run(layer: nn.Module, group: Group, out_rows, out_counts, ran: MacCount) -> torch.Tensor:

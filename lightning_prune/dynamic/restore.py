@@ -50,4 +50,6 @@ def restore_gates(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> l
     if missing:
         raise GatingError(f"the saved gates name layers this model lacks: {missing}")
     exact = [glob.escape(name) for name in names]  # names, not patterns
-    return attach_gates(model, exact, budget=1.0, bins=_bins(model, state_dict, names))
+    mode = "threshold" if f"{names[0]}.{GATE_ATTR}.threshold" in state_dict else "topk"
+    bins = _bins(model, state_dict, names)
+    return attach_gates(model, exact, budget=1.0, bins=bins, mode=mode)

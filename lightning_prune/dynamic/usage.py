@@ -116,10 +116,9 @@ class UsageMeter:
         def watch(item):
             def hook(module, args):
                 gate = item.gate
-                _, kept = gate.select(gate.pool(args[0]))
-                if kept is not None:
-                    on = torch.bincount(kept.flatten().cpu(), minlength=gate.channels)
-                    self.usage.off[item.name] += len(kept) - on
+                _, mask = gate.scale_and_mask(gate.pool(args[0]))
+                if mask is not None:
+                    self.usage.off[item.name] += (~mask).sum(0).cpu()
 
             return hook
 
