@@ -81,6 +81,12 @@ def parse_args() -> argparse.Namespace:
         "--clock", default="thread", choices=sorted(CLOCKS), help="thread: steady when shared"
     )
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--gate",
+        choices=["topk", "threshold"],
+        default="topk",
+        help="DynamicGating gate: the same cost per input, or a learnt cut-off",
+    )
     parser.add_argument("--out", type=Path, default=results_dir() / "dynamic.md")
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test settings")
     args = parser.parse_args()
@@ -127,7 +133,7 @@ def gated(args, network, data, seed: int, budget: float, epochs: float) -> Class
     model = Classifier(network)
     # the kept fraction falls from 1 to the budget over the first half of training
     ramp = math.ceil(epochs) / 2
-    return fit(args, model, data, epochs, [DynamicGating(budget, ramp_epochs=ramp)])
+    return fit(args, model, data, epochs, [DynamicGating(budget, ramp_epochs=ramp, gate=args.gate)])
 
 
 def latencies(args, plain=None, model=None, chain=None, x1=None, x256=None) -> dict:
@@ -202,7 +208,8 @@ def both(args, network, data, seed, budget, reference, x1, x256) -> dict:
     pl.seed_everything(seed, workers=True)
     model = Classifier(compacted)
     ramp = math.ceil(gate_epochs) / 2
-    fit(args, model, data, gate_epochs, [DynamicGating(gate_budget, ramp_epochs=ramp)])
+    gating = DynamicGating(gate_budget, ramp_epochs=ramp, gate=args.gate)
+    fit(args, model, data, gate_epochs, [gating])
     images, labels = data.test
     run = run_test(model, model.net, images, labels, reference, args.min_group)
     row = summary(run, f"sparsity {sparsity:.3f} + budget {gate_budget:.3f}")
@@ -280,7 +287,8 @@ def caption(args, results: dict, seconds: float) -> str:
     )
     return (
         f"Fashion-MNIST, {args.subset or 'all 55k'} training images, test on"
-        f" {args.test_subset or 'all 10k'}; {runs}{slow}; Adam 1e-3, batch {args.batch_size}."
+        f" {args.test_subset or 'all 10k'}; {runs}{slow}; Adam 1e-3, batch {args.batch_size};"
+        f" gates '{args.gate}'."
         f" Test acc and latencies: medians over seeds. 'both' prunes for"
         f" {1 - args.gate_share:.0%} of the epochs, compacts, then trains gates for the rest."
         f" Knob: structured target sparsity (layerwise; output layer whole)"
