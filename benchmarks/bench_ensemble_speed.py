@@ -212,7 +212,7 @@ def _median_rows(per_seed: list[list[dict]]) -> list[dict]:
 
 
 def table(results: dict[str, list[list[dict]]]) -> tuple[str, list[str]]:
-    """The markdown table (medians over seeds) and the targets of issue 17, met or not."""
+    """The markdown table (medians over seeds) and the cost and accuracy targets, met or not."""
     lines = [
         "| network | model | test acc % | nonzero weights | ONNX KB | ms b1 | ms b256 | "
         "b1 vs dense | b256 vs dense |",

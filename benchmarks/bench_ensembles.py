@@ -231,7 +231,7 @@ def with_gains(rows: list[dict[str, float]]) -> list[dict[str, float]]:
 
 
 def search_summary(median: dict[str, float], args: argparse.Namespace) -> list[str]:
-    """The members-from-search lines under the table: targets of issue 17, met or not."""
+    """The members-from-search lines under the table: the ensemble targets, met or not."""
     if "search: gain over dense" not in median:
         return []
     over_best, over_dense = (

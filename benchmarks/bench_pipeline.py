@@ -13,7 +13,7 @@ Steps, all with the same epochs, split and data:
    by validation accuracy is "best preset".
 4. Dense, at three learning rates per seed; the best by validation accuracy is "dense".
 
-Targets (issue 15.6): best trial >= best preset; ensemble >= best member + 0.5 points and
+Targets: best trial >= best preset; ensemble >= best member + 0.5 points and
 >= dense + 1.0 point (test accuracy). Writes benchmarks/results/pipeline.md (pipeline_quick.md
 with --quick) and prints the same markdown.
 """
