@@ -87,12 +87,13 @@ def parse_args() -> argparse.Namespace:
         default="topk",
         help="DynamicGating gate: the same cost per input, or a learnt cut-off",
     )
-    parser.add_argument("--out", type=Path, default=results_dir() / "dynamic.md")
+    parser.add_argument("--out", type=Path, default=None, help="default results/dynamic.md")
     parser.add_argument("--quick", action="store_true", help="tiny smoke-test settings")
     args = parser.parse_args()
     if args.quick:
         args.models, args.seeds, args.epochs, args.vgg_epochs = ["lenet5"], args.seeds[:1], 1, 1
         args.subset, args.test_subset, args.b1_time, args.b256_time = 2000, 1000, 0.1, 0.3
+    args.out = args.out or results_dir() / ("dynamic_quick.md" if args.quick else "dynamic.md")
     return args
 
 
@@ -322,8 +323,7 @@ def main() -> None:
                 flush=True,
             )
         results[network] = medians(per_seed)
-    quick = "_quick" if args.quick else ""
-    figure = args.out.with_name(f"dynamic_per_class{quick}.png")
+    figure = args.out.with_name(f"{args.out.stem}_per_class.png")
     write_figure(figures, figure)
     off = "\n\n".join(f"{name}:\n\n" + "\n".join(lines) for name, lines in lists.items())
     flat = all(float(r.per_input.max() - r.per_input.min()) < 1e-9 for r in figures.values())
@@ -342,9 +342,8 @@ def main() -> None:
         f" of inputs), per layer:\n\n{off}\n"
     )
     print(text)
-    out = args.out.with_name(f"dynamic{quick}.md")
-    out.write_text(text)
-    print(f"wrote {out} and {figure}")
+    args.out.write_text(text)
+    print(f"wrote {args.out} and {figure}")
 
 
 if __name__ == "__main__":
