@@ -13,7 +13,9 @@ weights. Latency: median ms per batch at batch 1 and 256 (`measure_latency`,
     PYTHONPATH=. .venv/bin/python benchmarks/bench_ensemble_speed.py            # full
     PYTHONPATH=. .venv/bin/python benchmarks/bench_ensemble_speed.py --quick    # smoke test
 
-Prints a markdown table and writes benchmarks/results/ensemble_speed.md.
+Prints a markdown table and writes benchmarks/results/ensemble_speed.md (--out). The tables in
+results/ come from `--networks lenet300 --out results/ensemble_speed_lenet300.md` and
+`--networks lenet5 --seeds 0 --epochs 3 --out results/ensemble_speed_lenet5.md`.
 """
 
 from __future__ import annotations
