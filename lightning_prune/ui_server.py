@@ -105,6 +105,9 @@ def run_ui(tracking_uri: str, port: int) -> int:
 
     server = subprocess.Popen(command, start_new_session=True)
     previous = signal.signal(signal.SIGTERM, on_term)
+    # Ctrl-C stops the server even where the parent shell ignored SIGINT (a job started
+    # with `&` from a script inherits SIG_IGN, and Python then never raises KeyboardInterrupt)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         code = _wait_then_announce(server, url, tracking_uri)
     except (KeyboardInterrupt, _Terminated) as stop:
@@ -113,6 +116,7 @@ def run_ui(tracking_uri: str, port: int) -> int:
         return INTERRUPTED if isinstance(stop, KeyboardInterrupt) else TERMINATED
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     stop_group(server.pid)  # workers left behind by a server that exited
     if code != 0:
         print_error("ui", f"the MLflow UI server exited with code {code} (see its output above)")
