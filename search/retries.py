@@ -9,6 +9,7 @@ reason by the process that failed them (search/run_states.py).
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 
@@ -50,11 +51,22 @@ def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_ret
     return True
 
 
-def reap_dead_local_trials(study: optuna.Study, max_retry: int) -> int:
-    """Fail and re-queue RUNNING trials whose worker process on this host has died."""
+def reap_dead_local_trials(
+    study: optuna.Study, max_retry: int, older_than_s: float | None = None
+) -> int:
+    """Fail and re-queue RUNNING trials whose worker process on this host has died (with
+    `older_than_s`, only trials started at least that long ago)."""
     host = socket.gethostname()
+    now = datetime.datetime.now()
     reaped = 0
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        started = trial.datetime_start
+        if (
+            older_than_s is not None
+            and started is not None
+            and ((now - started).total_seconds() < older_than_s)
+        ):
+            continue
         owner = str(trial.user_attrs.get(TrialAttr.WORKER, ""))
         owner_host, _, pid = owner.rpartition(":")
         if owner_host == host and pid.isdigit() and not _alive(int(pid)):
@@ -72,6 +84,8 @@ def fail_stale(study: optuna.Study, search: DictConfig) -> int:
     if has_heartbeats(search.storage, search.heartbeat_interval):
         with quiet_experimental():
             optuna.storages.fail_stale_trials(study)
+        # a worker killed before its trial's first beat leaves a trial no heartbeat check sees
+        reap_dead_local_trials(study, search.max_retry, older_than_s=2 * search.grace_period)
         reason = f"no heartbeat for {search.grace_period}s: its worker died or hung"
     else:
         reap_dead_local_trials(study, search.max_retry)
