@@ -54,8 +54,9 @@ def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_ret
 def reap_dead_local_trials(
     study: optuna.Study, max_retry: int, older_than_s: float | None = None
 ) -> int:
-    """Fail and re-queue RUNNING trials whose worker process on this host has died (with
-    `older_than_s`, only trials started at least that long ago)."""
+    """Fail and re-queue RUNNING trials whose worker process on this host has died. With
+    `older_than_s`, only trials started at least that long ago, and then also trials that
+    never recorded a worker (orphans of a kill right after Optuna's ask)."""
     host = socket.gethostname()
     now = datetime.datetime.now()
     reaped = 0
@@ -69,7 +70,11 @@ def reap_dead_local_trials(
             continue
         owner = str(trial.user_attrs.get(TrialAttr.WORKER, ""))
         owner_host, _, pid = owner.rpartition(":")
-        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+        if not owner and older_than_s is not None and started is not None:
+            # killed between Optuna's ask and its first record: no worker, no heartbeat
+            reaped += fail_and_retry(study, trial, "its worker died before recording itself",
+                                     max_retry)  # fmt: skip
+        elif owner_host == host and pid.isdigit() and not _alive(int(pid)):
             reason = f"worker {owner} died while running the trial"
             reaped += fail_and_retry(study, trial, reason, max_retry)
     return reaped
@@ -89,6 +94,7 @@ def fail_stale(study: optuna.Study, search: DictConfig) -> int:
         reason = f"no heartbeat for {search.grace_period}s: its worker died or hung"
     else:
         reap_dead_local_trials(study, search.max_retry)
+        reap_dead_local_trials(study, search.max_retry, older_than_s=2 * search.grace_period)
         reason = "its worker died while running the trial"
     numbers = {t.number for t in running}
     ended = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
