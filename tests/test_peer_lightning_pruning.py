@@ -568,15 +568,32 @@ DDP_SPAWN_SCRIPT = textwrap.dedent(
 )
 
 
+def gloo_exit_abort(result: subprocess.CompletedProcess, out: Path) -> bool:
+    """True for torch's rare gloo abort at a worker's interpreter exit, after both ranks finished.
+
+    The abort ("terminate called without an active exception") comes after `fit` has returned on
+    every rank, in the process group's teardown (the callback runs no collective after training);
+    the run is repeated once then, from clean files, and every assertion applies to that run.
+    """
+    finished = all((out / f"masks{rank}.pt").exists() for rank in (0, 1))
+    aborted = "terminate called without an active exception" in result.stderr
+    return result.returncode != 0 and finished and aborted
+
+
 def test_ddp_spawn_on_cpu_prunes_the_model_returned_to_the_main_process(tmp_path):
     """Follows test_pruning_callback_ddp_cpu (ddp_spawn, 2 CPU processes) in Lightning."""
     script = tmp_path / "ddp_spawn_run.py"
     script.write_text(DDP_SPAWN_SCRIPT)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, str(script), str(tmp_path)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
+    for _attempt in range(2):
+        for stale in tmp_path.glob("*.pt"):
+            stale.unlink()
+        result = subprocess.run(
+            [sys.executable, str(script), str(tmp_path)],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        if not gloo_exit_abort(result, tmp_path):
+            break
     assert result.returncode == 0, result.stderr[-3000:]
     rank0 = torch.load(tmp_path / "masks0.pt", weights_only=True)
     rank1 = torch.load(tmp_path / "masks1.pt", weights_only=True)
