@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import optuna
@@ -148,7 +148,9 @@ def parse_space(cfg: DictConfig) -> list[Param]:
     raw = OmegaConf.to_container(cfg.search.get("space") or {}, resolve=True)
     if not isinstance(raw, dict):
         raise ConfigError(f"search.space must be a mapping of parameters, got {raw!r}")
-    params = [_parse_entry(str(name), entry, cfg) for name, entry in raw.items()]
+    params = _static_only_when_masked(
+        [_parse_entry(str(name), entry, cfg) for name, entry in raw.items()]
+    )
     names = {p.name for p in params}
     targets: dict[str, str] = {}
     for p in params:
@@ -159,6 +161,22 @@ def parse_space(cfg: DictConfig) -> list[Param]:
             if parent not in names:
                 _fail(p.name, f"`when` refers to unknown parameter {parent!r}")
     return _ordered(params)
+
+
+def _static_only_when_masked(params: list[Param]) -> list[Param]:
+    """Pruning parameters exist only in trials that keep static masks: a `dynamic` trial
+    (gates alone) has no AdaptivePruning, so sampling them would only blur the sampler."""
+    modes = [p for p in params if p.target == "dynamic"]
+    if not modes:
+        return params
+    mode = modes[0]
+    masked = tuple(c for c in mode.choices or () if c != "dynamic")
+    out = []
+    for p in params:
+        if p.target.startswith("pruning.") and all(parent != mode.name for parent, _ in p.when):
+            p = replace(p, when=(*p.when, (mode.name, masked)))
+        out.append(p)
+    return out
 
 
 def _ordered(params: list[Param]) -> list[Param]:

@@ -3,11 +3,12 @@ average FLOPs a gated trial executes, and the ensemble takes gated members."""
 
 from __future__ import annotations
 
+import optuna
 import pytest
 from lightning_prune.ensembles.run import run_ensemble
 from lightning_prune.search import TrialAttr, run_search
 from lightning_prune.search.demand import sparsity_floor
-from lightning_prune.search.space import apply_overrides
+from lightning_prune.search.space import apply_overrides, parse_space, suggest
 from optuna.trial import TrialState
 
 from lightning_prune.checkpoint import load_model
@@ -26,6 +27,20 @@ def test_modes_set_the_trial_config():
     both = apply_overrides(cfg, {"dynamic": "both", "dynamic.budget": 0.4,
                                  "pruning.target_sparsity": 0.5})  # fmt: skip
     assert both.dynamic._target_.endswith("DynamicGating") and both.pruning.target_sparsity == 0.5
+
+
+def test_gates_alone_sample_no_pruning_parameters():
+    """A `dynamic` trial has no static masks: it asks only for the mode, the budget and lr."""
+    params = parse_space(load_config(["search=dynamic"]))
+    gated = suggest(optuna.trial.FixedTrial({"mode": "dynamic", "budget": 0.3, "lr": 1e-3}),
+                    params)  # fmt: skip
+    assert gated == {"mode": "dynamic", "budget": 0.3, "lr": 1e-3}
+    chosen = {p.name: p for p in params}
+    assert chosen["criterion"].when == (("mode", ("static", "both")),)
+    assert chosen["regrowth"].when == (("granularity", ("unstructured", "structured")),
+                                       ("mode", ("static", "both")))  # fmt: skip
+    with pytest.raises(ValueError, match="criterion"):  # static trials still ask for them
+        suggest(optuna.trial.FixedTrial({"mode": "static", "lr": 1e-3}), params)
 
 
 def test_max_flops_sets_no_sparsity_floor_where_trials_may_gate():
