@@ -80,6 +80,18 @@ class StackedPlan(nn.Module):
         return self.head(F.log_softmax(logits, dim=-1))
 
 
+class FoldedPlan(nn.Module):
+    """All members side by side with the weighted sum of their logits folded into the last
+    layer (the "logprob" combination): the ensemble is one network of the dense model's depth."""
+
+    def __init__(self, net: nn.Sequential) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.net(x).float(), dim=-1)
+
+
 class FastEnsemble(nn.Module):
     """Inference-only ensemble built by `build_fast`: log-probabilities [N, C], as
     `WeightedEnsemble.forward`. `plan` says what was chosen and the measured times."""
@@ -264,16 +276,21 @@ def stacked_plan(nets: list[nn.Module], head: Combine, inputs, options: _Options
     (None where they do not), and the choices."""
     if not all(isinstance(net, nn.Sequential) for net in nets):
         return None, []
-    depths = stack_networks(nets)
+    fold = head.weights.flatten() if head.combine == "logprob" else None
+    depths = stack_networks(nets, fold=fold)
     if depths is None:
         return None, []
     found, choices = _choose_sequence(depths, inputs, options)
     plans, layouts = [], []
+
+    def plan_of(net: nn.Sequential) -> nn.Module:
+        return FoldedPlan(net) if fold is not None else StackedPlan(net, len(nets), head)
+
     for net, x in zip(found, inputs, strict=True):
-        kinds = {"row-major": StackedPlan(net, len(nets), head)}
+        kinds = {"row-major": plan_of(net)}
         fused = None if options.exportable else fuse_feature_major(net)
         if fused is not None:
-            kinds["feature-major"] = StackedPlan(fused, len(nets), head)
+            kinds["feature-major"] = plan_of(fused)
         name, plan, _ = _fastest(kinds, x, options.min_run_time)
         plans.append(plan)
         layouts.append(name)
@@ -339,6 +356,7 @@ def build_fast(
         "nonzero": sum(int(p.count_nonzero()) for net in nets for p in net.parameters()),
         "batch_sizes": sizes,
         "layout": [p[0] for p in picks],
+        "folded": [isinstance(p[1], FoldedPlan) for p in picks],
         "kernels": {name: choices for name, (_, choices) in plans.items()},
         "ms": [p[2] for p in picks],
     }

@@ -207,18 +207,26 @@ def _biases(layers: Sequence[nn.Module], rows: int) -> torch.Tensor:
     return out
 
 
-def stack_networks(nets: Sequence[nn.Sequential]) -> list[dict[str, nn.Module]] | None:
+def stack_networks(
+    nets: Sequence[nn.Sequential], fold: torch.Tensor | None = None
+) -> list[dict[str, nn.Module]] | None:
     """Depths of one network running all `nets` side by side, or None where they differ.
 
     Each depth maps names to equivalent candidate modules (dense, CSR, batched), to be
     measured. The output is [N, M*C]: member i's logits in columns i*C..(i+1)*C. Supported:
     Linear, Conv2d (groups 1), Flatten, activations, 2-d pools, Dropout/Identity (skipped).
+
+    With `fold` (member weights [M]), the last Linear becomes one Linear computing the weighted
+    sum of the members' logits, [N, C]: the "logprob" combination is the log-softmax of that
+    sum (each member's log-normaliser is constant over classes), so the combination costs
+    nothing. None where anything follows that Linear.
     """
     if len({len(net) for net in nets}) != 1:
         return None
     widths: list[int] | None = None  # real units per member; None while the input is shared
     depths: list[dict[str, nn.Module]] = []
     logits = False  # the last layer with weights was a Linear, followed by activations only
+    last: tuple[Sequence[nn.Module], list[int] | None] | None = None  # last Linear, its input
     for layers in zip(*nets, strict=True):
         first = layers[0]
         if not _same_settings(layers):
@@ -233,6 +241,7 @@ def stack_networks(nets: Sequence[nn.Sequential]) -> list[dict[str, nn.Module]] 
             if depth is None:
                 return None
             depths.append(depth)
+            last = (layers, widths) if isinstance(first, nn.Linear) else None
             widths = [_units(layer) for layer in layers]
             logits = isinstance(first, nn.Linear)
         elif isinstance(first, _ACTIVATIONS + _POOLS) or (
@@ -240,30 +249,51 @@ def stack_networks(nets: Sequence[nn.Sequential]) -> list[dict[str, nn.Module]] 
         ):
             depths.append(candidates(first))
             logits = logits and isinstance(first, _ACTIVATIONS)
+            last = None
         else:
             return None
     if widths is None or not logits or len(set(widths)) != 1:
         return None
+    if fold is not None:
+        if last is None:
+            return None
+        depths[-1] = _fold_linear(*last, fold)
     return depths
+
+
+def _member_features(layers: Sequence[nn.Linear], widths: list[int] | None) -> int | None:
+    """Input features per member of a side-by-side Linear (members padded to the widest), or
+    None where the members' inputs do not line up."""
+    if widths is None:  # every member reads the same input
+        return layers[0].in_features if len({m.in_features for m in layers}) == 1 else None
+    # after a conv, Flatten lays features out channel-major: padding channels go at the end
+    spatial = {layer.in_features // w for layer, w in zip(layers, widths, strict=True)}
+    exact = all(layer.in_features % w == 0 for layer, w in zip(layers, widths, strict=True))
+    return max(widths) * spatial.pop() if len(spatial) == 1 and exact else None
 
 
 def _stack_linear(layers: Sequence[nn.Linear], widths: list[int] | None):
     rows = max(_units(layer) for layer in layers)
-    weights = [layer.weight.detach() for layer in layers]
+    features = _member_features(layers, widths)
+    if features is None:
+        return None
+    stacked = _padded([layer.weight.detach() for layer in layers], rows, features)
     bias = _biases(layers, rows)
     if widths is None:  # every member reads the same input: one wide Linear
-        if len({layer.in_features for layer in layers}) != 1:
-            return None
-        weight = _padded(weights, rows, layers[0].in_features).flatten(0, 1)
-        return _linear_candidates(weight, bias.flatten(), None)
-    # after a conv, Flatten lays features out channel-major: padding channels go at the end
-    spatial = {layer.in_features // w for layer, w in zip(layers, widths, strict=True)}
-    exact = all(layer.in_features % w == 0 for layer, w in zip(layers, widths, strict=True))
-    if len(spatial) != 1 or not exact:
-        return None
-    stacked = _padded(weights, rows, max(widths) * spatial.pop())
+        return _linear_candidates(stacked.flatten(0, 1), bias.flatten(), None)
     wide = torch.block_diag(*stacked.unbind(0))  # [M*O, M*F]: member i's block on the diagonal
     return _linear_candidates(wide, bias.flatten(), (stacked, bias))
+
+
+def _fold_linear(layers: Sequence[nn.Linear], widths: list[int] | None, fold: torch.Tensor):
+    """One Linear [C, M*F] (or [C, F] on a shared input) giving sum_i fold_i * logits_i."""
+    rows, features = _units(layers[0]), _member_features(layers, widths)
+    stacked = _padded([layer.weight.detach() for layer in layers], rows, features)
+    w = fold.detach().to(stacked).view(-1, 1, 1)
+    bias = (_biases(layers, rows) * w[:, :, 0]).sum(dim=0)
+    if widths is None:
+        return _linear_candidates((stacked * w).sum(dim=0), bias, None)
+    return _linear_candidates((stacked * w).transpose(0, 1).flatten(1), bias, None)
 
 
 def _linear_candidates(weight: torch.Tensor, bias: torch.Tensor, batched) -> dict[str, nn.Module]:

@@ -17,6 +17,7 @@ from lightning_prune.ensembles.fast_layers import (
     Combine,
     SlicedMaxPool,
     SparseLinear,
+    stack_networks,
 )
 from lightning_prune.ensembles.feature_major import FeatureMajorChain, fuse_feature_major
 from torch import nn
@@ -71,6 +72,8 @@ def test_fast_form_equals_the_plain_ensemble(kind, combine, layout):
     assert fast.plan["members"] == [0, 1, 3, 4]  # the weight-0 member is left out
     if layout != "auto":
         assert set(fast.plan["layout"]) == {layout}
+    if layout == "stacked":  # "logprob": the weighted sum of logits lives in the last layer
+        assert fast.plan["folded"] == [combine == "logprob"] * 2
     for n in (1, 5, 64, 300):  # both measured sizes and between / beyond them
         assert _max_difference(fast, ensemble, n) < ATOL
 
@@ -205,3 +208,21 @@ def test_feature_major_chain_equals_the_row_major_layers(batch):
             got = head.from_logits_t(logits.t().contiguous(), members)
             assert torch.allclose(got, expected, atol=ATOL)
     assert fuse_feature_major(nn.Sequential(nn.Flatten(), nn.Linear(784, 10))) is None
+
+
+def test_logprob_folds_the_combination_into_one_last_layer():
+    """The side-by-side network of a "logprob" ensemble ends in one Linear [C, M*F] and has
+    the depth of one member; a layer after the logits leaves the combination unfolded."""
+    ensemble = _ensemble("lenet300", "logprob")
+    nets = [member.net.eval() for member in ensemble.members]
+    depths = stack_networks(nets, fold=ensemble.weights)
+    linears = [d for d in depths if "dense" in d]
+    assert len(linears) == 3  # as one LeNet-300-100
+    assert linears[-1]["dense"].weight.shape == (10, 5 * 100)
+    x = torch.randn(7, 1, 28, 28)
+    with torch.inference_mode():
+        net = nn.Sequential(*(d.get("dense", d.get("shared")) for d in depths))
+        got = torch.log_softmax(net(x), dim=-1)
+        assert (got - ensemble.forward_plain(x)).abs().max() < ATOL
+    tailed = [nn.Sequential(*net, nn.Tanh()) for net in nets]
+    assert stack_networks(tailed) is not None and stack_networks(tailed, ensemble.weights) is None
