@@ -12,7 +12,9 @@ when it is built, the fastest exact execution at each batch size asked for:
   (`fast_layers.stack_networks`: concatenated first layer, block-diagonal / batched /
   grouped later layers) where the members share a layer plan. The batched matmul over
   stacked weights is what `torch.func.vmap` over `stack_module_state` computes, without
-  the functional-call overhead per batch.
+  the functional-call overhead per batch;
+- with combine "logprob", the weighted sum of the members' logits folded into the last layer
+  of the side-by-side network (`FoldedPlan`): one network of a member's depth, no head.
 
 A batch runs on the choices measured at the nearest batch size. Outputs equal the plain
 member-by-member ensemble up to float rounding.
