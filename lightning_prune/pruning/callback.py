@@ -197,15 +197,19 @@ class AdaptivePruning(MaskUpdates, MetricFeedback, PruningReport, PruningState, 
         self._pending_state: dict[str, Any] | None = None
         self._seen_validation = False
         self._queued: dict[str, float] = {}  # metrics waiting for a hook that allows logging
+        self._state_key: str | None = None
 
     @property
     def state_key(self) -> str:
-        """Unique per configuration, so several instances can share one Trainer."""
-        o = self.options
-        return self._generate_state_key(
-            target_sparsity=o["target_sparsity"], granularity=o["granularity"],
-            include=list(self.include), exclude=list(self.exclude),
-        )  # fmt: skip
+        """Unique per configuration, so several instances can share one Trainer; built once,
+        since Lightning asks for it at every hook call (its profiler names the hooks by it)."""
+        if self._state_key is None:
+            o = self.options
+            self._state_key = self._generate_state_key(
+                target_sparsity=o["target_sparsity"], granularity=o["granularity"],
+                include=list(self.include), exclude=list(self.exclude),
+            )  # fmt: skip
+        return self._state_key
 
     # ---- setup and state -------------------------------------------------------------------
 
