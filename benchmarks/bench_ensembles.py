@@ -145,6 +145,10 @@ def search_members(args: argparse.Namespace, seed: int, folder: Path) -> dict[st
         *_overrides(args, seed, seed), *study, f"ensemble.k={args.k}",
         "ensemble.diversity=agreement", "ensemble.log_mlflow=false",
     ]))  # fmt: skip
+    geometric = run_ensemble(load_config([
+        *_overrides(args, seed, seed), *study, f"ensemble.k={args.k}",
+        "ensemble.combine=logprob", "ensemble.log_mlflow=false",
+    ]))  # fmt: skip
     states = [t.state for t in trials]
     print(f"  seed {seed} search: {len(trials)} trials in {searched:.0f}s; ensemble "
           f"{result.report.ensemble['test_acc']:.4f}", flush=True)  # fmt: skip
@@ -153,6 +157,7 @@ def search_members(args: argparse.Namespace, seed: int, folder: Path) -> dict[st
         "search: ensemble, optimized": 100 * result.report.ensemble["test_acc"],
         "search: ensemble, optimized, diverse (agreement)": 100
         * diverse.report.ensemble["test_acc"],
+        "search: ensemble, optimized, combine=logprob": 100 * geometric.report.ensemble["test_acc"],
         "search: best member (test, oracle)": 100 * result.report.best_member["test_acc"],
         "search: distilled student": 100 * result.distilled.test_acc,
         "search: student sparsity (%)": 100 * result.distilled.sparsity,
@@ -220,6 +225,8 @@ def with_gains(rows: list[dict[str, float]]) -> list[dict[str, float]]:
             gains["search: gain over dense"] = ens - row["dense model"]
             diverse = row["search: ensemble, optimized, diverse (agreement)"]
             gains["search: gain over dense, diverse"] = diverse - row["dense model"]
+            geometric = row["search: ensemble, optimized, combine=logprob"]
+            gains["search: gain of logprob over prob"] = geometric - ens
             gains["search: gain of student over dense"] = student - row["dense model"]
             gains["search: gain of student over ensemble"] = student - ens
         for rule in WEIGHTINGS if "ensemble, uniform" in row else ():
