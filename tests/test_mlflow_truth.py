@@ -1,4 +1,4 @@
-"""MLflow tells the truth (issue 15.5): curves start at the first validation, stopped trials
+"""MLflow tells the truth: curves start at the first validation, stopped trials
 end KILLED, every run type has a telling name, the shared metric names and its provenance.
 
 One tiny study drives it, as a user would: `search` with one COMPLETE trial, the study

@@ -1,4 +1,4 @@
-"""`search.n_trials` adds trials per command; `search.max_trials` caps the study (issue 15.4).
+"""`search.n_trials` adds trials per command; `search.max_trials` caps the study.
 
 Quota decisions are checked on real Optuna studies; a command's own count is what it stamped,
 whatever other commands (machines) add to the same study at the same time."""
