@@ -51,33 +51,41 @@ def fail_and_retry(study: optuna.Study, trial: FrozenTrial, reason: str, max_ret
     return True
 
 
+def _running(study: optuna.Study, older_than_s: float | None) -> list[FrozenTrial]:
+    """RUNNING trials, only those started at least `older_than_s` ago when given."""
+    now = datetime.datetime.now()
+    return [
+        t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if older_than_s is None or t.datetime_start is None
+        or (now - t.datetime_start).total_seconds() >= older_than_s
+    ]  # fmt: skip
+
+
 def reap_dead_local_trials(
     study: optuna.Study, max_retry: int, older_than_s: float | None = None
 ) -> int:
-    """Fail and re-queue RUNNING trials whose worker process on this host has died. With
-    `older_than_s`, only trials started at least that long ago, and then also trials that
-    never recorded a worker (orphans of a kill right after Optuna's ask)."""
+    """Fail and re-queue RUNNING trials whose worker process on this host has died (with
+    `older_than_s`, only trials started at least that long ago)."""
     host = socket.gethostname()
-    now = datetime.datetime.now()
     reaped = 0
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        started = trial.datetime_start
-        if (
-            older_than_s is not None
-            and started is not None
-            and ((now - started).total_seconds() < older_than_s)
-        ):
-            continue
+    for trial in _running(study, older_than_s):
         owner = str(trial.user_attrs.get(TrialAttr.WORKER, ""))
         owner_host, _, pid = owner.rpartition(":")
-        if not owner and older_than_s is not None and started is not None:
-            # killed between Optuna's ask and its first record: no worker, no heartbeat
-            reaped += fail_and_retry(study, trial, "its worker died before recording itself",
-                                     max_retry)  # fmt: skip
-        elif owner_host == host and pid.isdigit() and not _alive(int(pid)):
+        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
             reason = f"worker {owner} died while running the trial"
             reaped += fail_and_retry(study, trial, reason, max_retry)
     return reaped
+
+
+def reap_orphan_trials(study: optuna.Study, max_retry: int, older_than_s: float) -> int:
+    """Fail and re-queue RUNNING trials older than `older_than_s` that never recorded a
+    worker: killed between Optuna's ask and its first record, so no heartbeat either."""
+    orphans = [
+        t for t in _running(study, older_than_s)
+        if t.datetime_start is not None and not t.user_attrs.get(TrialAttr.WORKER)
+    ]  # fmt: skip
+    reason = "its worker died before recording itself"
+    return sum(fail_and_retry(study, trial, reason, max_retry) for trial in orphans)
 
 
 def fail_stale(study: optuna.Study, search: DictConfig) -> int:
@@ -94,8 +102,8 @@ def fail_stale(study: optuna.Study, search: DictConfig) -> int:
         reason = f"no heartbeat for {search.grace_period}s: its worker died or hung"
     else:
         reap_dead_local_trials(study, search.max_retry)
-        reap_dead_local_trials(study, search.max_retry, older_than_s=2 * search.grace_period)
         reason = "its worker died while running the trial"
+    reap_orphan_trials(study, search.max_retry, older_than_s=2 * search.grace_period)
     numbers = {t.number for t in running}
     ended = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     failed = [t for t in ended if t.number in numbers]
