@@ -154,3 +154,88 @@ def test_optimizer_state_reset_at_pruned_and_regrown_positions():
     layer.weight.grad[~mask] = 0
     optimizer.step()
     assert torch.all(layer.weight[~mask] == 0)
+
+
+class BackwardCheck(pl.Callback):
+    """Records, before the optimizer step of every batch whose masks did not change since the
+    previous step, whether backward alone left the pruned gradients at zero."""
+
+    def __init__(self, pruning: AdaptivePruning) -> None:
+        self.pruning = pruning
+        self.hooked: list[bool] = []
+        self.zero_after_backward: list[bool] = []
+        self._masks: dict[str, torch.Tensor] = {}
+
+    def on_after_backward(self, trainer, pl_module) -> None:
+        masks = {n: m.clone() for n, m in self.pruning.masks.items()}
+        self.hooked.append(self.pruning.store.masks_in_backward)
+        if self._masks and all(torch.equal(masks[n], m) for n, m in self._masks.items()):
+            grads = {n: self.pruning.store.params[n].param.grad for n in masks}
+            self.zero_after_backward.append(
+                all(bool(torch.all(grads[n][~m] == 0)) for n, m in masks.items())
+            )
+        self._masks = masks
+
+
+def _fit_lenet(options: dict, masks_in_backward: bool | None = None):
+    pl.seed_everything(0)
+    pruning = AdaptivePruning(
+        target_sparsity=0.8, frequency=3, start=0.0, end=0.6, monitor=None, verbose=False,
+        **options,
+    )  # fmt: skip
+    if masks_in_backward is False:
+        pruning._dense_grads_unread = lambda trainer: False
+    check = BackwardCheck(pruning)
+    model = classifier()
+    trainer([pruning, check], max_epochs=2).fit(model, tiny_data())
+    return pruning, check, model
+
+
+def test_backward_masks_pruned_gradients_and_training_is_unchanged():
+    pruning, check, model = _fit_lenet({})
+    assert all(check.hooked) and check.zero_after_backward and all(check.zero_after_backward)
+    assert not pruning.store.masks_in_backward  # the hooks leave with the Trainer
+    _, unhooked, same_model = _fit_lenet({}, masks_in_backward=False)
+    assert not any(unhooked.hooked)
+    assert not all(unhooked.zero_after_backward)  # without hooks backward leaves them
+    for (name, value), other in zip(
+        model.state_dict().items(), same_model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(value, other), name
+
+
+@pytest.mark.parametrize(
+    "options", [{"criterion": "gradient"}, {"regrowth": "rigl"}, {"regrowth": "dns"}]
+)
+def test_backward_leaves_gradients_dense_where_they_are_read(options):
+    pruning, check, _ = _fit_lenet(options)
+    assert check.hooked and not any(check.hooked)
+    assert pruning.summary()["sparsity"] == pytest.approx(0.8, abs=0.02)
+
+
+def test_backward_masking_leaves_frozen_weights_to_the_step_pass():
+    """A weight frozen at fit start gets no backward hook; unfrozen mid-run, its gradients are
+    still masked before every optimizer step."""
+    pl.seed_everything(0)
+    pruning = AdaptivePruning(
+        target_sparsity=0.7, frequency=2, start=0.0, end=0.5, monitor=None, verbose=False,
+        prune_frozen=True,
+    )  # fmt: skip
+    model = classifier()
+    first = model.net[1].weight  # in the optimizer already (Adam skips it while frozen)
+    first.requires_grad_(False)
+    seen = []
+
+    class Unfreeze(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 1:
+                first.requires_grad_(True)
+
+        def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+            if first.grad is not None:
+                mask = pruning.masks["net.1.weight"]
+                seen.append(bool(torch.all(first.grad[~mask] == 0)))
+
+    trainer([pruning, Unfreeze()], max_epochs=2).fit(model, tiny_data())
+    assert seen and all(seen)
+    assert torch.all(first[~pruning.masks["net.1.weight"]] == 0)

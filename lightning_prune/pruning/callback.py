@@ -1,8 +1,9 @@
 """AdaptivePruning: a Lightning callback that prunes while training and listens to the metric.
 
-Hot path (every optimizer step): mask the gradients in `on_before_optimizer_step` and re-zero
-the weights in `on_train_batch_end` (Lightning has no hook after `optimizer.step`), each one
-fused call over all layers. Scoring, allocation and regrowth run only every `frequency` steps;
+Hot path (every optimizer step): mask the gradients, as backward accumulates them where nothing
+reads a pruned weight's gradient (else in `on_before_optimizer_step`, one fused call), and re-zero
+the weights in `on_train_batch_end` where the optimizer could move a zero (Lightning has no hook
+after `optimizer.step`). Scoring, allocation and regrowth run only every `frequency` steps;
 gradient statistics only in the window before each of those updates.
 """
 
@@ -38,6 +39,7 @@ from lightning_prune.pruning.trace import ForwardTrace
 from lightning_prune.pruning.trainer_support import (
     batch_size,
     in_spawned_worker,
+    one_process,
     remaining_steps,
     write_handoff,
     zeros_stay_zero,
@@ -276,6 +278,8 @@ class AdaptivePruning(MaskUpdates, MetricFeedback, PruningReport, PruningState, 
         self.stats.attach(list(self.store.params.values()))
         self.store.apply_to_weights()
         self._rezero_each_step = not zeros_stay_zero(trainer.optimizers)
+        if self._dense_grads_unread(trainer):
+            self.store.mask_in_backward()
         self._log(pl_module, self._metrics(), now=False)  # monitors find them from the start
         if not self._roles_known and self._trace is None:
             # every covered module, matched or not: the output layer may be left out
@@ -288,6 +292,13 @@ class AdaptivePruning(MaskUpdates, MetricFeedback, PruningReport, PruningState, 
         self._batch_open = True
         if self._trace is not None:
             self._trace.samples += batch_size(batch)
+
+    def _dense_grads_unread(self, trainer: pl.Trainer) -> bool:
+        """Nothing reads a pruned weight's gradient between backward and the optimizer step:
+        no |gradient| statistic, no regrowth, one process (a pruned weight is 0, so its Taylor
+        score |w * g| is 0 whether its gradient is masked or not)."""
+        no_reader = "grad" not in self.stats.required and not self.regrowth.swaps
+        return no_reader and one_process(trainer)
 
     def _learn_roles(self) -> None:
         """After the first training forward: the output layer, frozen weights, coverage."""
@@ -357,6 +368,8 @@ class AdaptivePruning(MaskUpdates, MetricFeedback, PruningReport, PruningState, 
             self._trace.remove()
             self._trace = None
         self.stats.detach()
+        if self.store is not None:
+            self.store.stop_masking_in_backward()
 
 
 def _live_bar_console(trainer: pl.Trainer) -> Any:
