@@ -24,6 +24,7 @@ SCRIPTS = {
     "bench_search.py": [],
     "bench_ensembles.py": ["--seeds", "0", "1", "2"],
     "bench_pipeline.py": [],  # search + ensemble vs best preset vs dense, ~1 hour
+    "bench_step_overhead.py": [],  # the callback's step time taken apart
 }
 
 
