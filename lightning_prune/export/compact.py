@@ -8,6 +8,11 @@ fold it into the next layer's bias, then remove the unit. This is exact whenever
 constant reaches each consumer unchanged at every position; a dead unit whose nonzero
 constant would meet zero padding (a padded or grouped conv consumer) is kept; zero its
 bias (and BatchNorm shift) when pruning it, so the constant after ReLU is 0 and it can go.
+A grouped conv (``groups > 1`` but not depthwise, i.e. not ``groups == in == out channels``)
+keeps all its input and output channels, and so do the layers tied to them: removing units
+unevenly across its groups would leave channel counts its ``groups`` cannot divide, and
+removing whole groups would need every channel of a group dead, which pruning rarely leaves.
+Depthwise convs shrink with the layer that feeds them.
 Coupled layers (BatchNorm, next layer's inputs, residual adds, concat) come from
 Torch-Pruning's DependencyGraph. Units that feed the model output directly are never removed.
 The copy is for inference: constants are measured in eval mode (BatchNorm running stats).
@@ -41,6 +46,13 @@ def _dead_units(module: nn.Module) -> list[int]:
     """Output units of a Linear/Conv whose weights are all exactly zero."""
     weight = module.weight.detach().reshape(module.weight.shape[0], -1)
     return torch.nonzero(~weight.ne(0).any(dim=1)).flatten().tolist()
+
+
+def _is_grouped_conv(module: nn.Module) -> bool:
+    """A conv whose channels split into groups (not plain, not depthwise): kept whole."""
+    if not isinstance(module, nn.modules.conv._ConvNd) or module.groups == 1:
+        return False
+    return not module.groups == module.in_channels == module.out_channels
 
 
 def _is_producer(dg: tp.DependencyGraph, dep: Any) -> bool:
@@ -124,7 +136,7 @@ def _plan_group(
     dg: tp.DependencyGraph, model: nn.Module, group: Any, example_input: Any
 ) -> tuple[list[int], dict[nn.Module, torch.Tensor]]:
     """Root indices that can go and the bias corrections their removal needs."""
-    if any(_unsupported(item.dep) for item in group):
+    if any(_unsupported(it.dep) or _is_grouped_conv(it.dep.target.module) for it in group):
         return [], {}
     removable = set(group[0].root_idxs)
     consumers: dict[nn.Module, list[tuple[int, int]]] = defaultdict(list)  # (idx, root idx)

@@ -53,16 +53,23 @@ def measure_latency(
     *,
     warmup: int = 5,
     threads: int = 1,
+    dtype: torch.dtype = torch.float32,
 ) -> dict[str, float]:
     """Median ms per forward pass of a ``(batch_size, *input_shape)`` batch on CPU.
 
     Runs under ``torch.inference_mode`` with ``threads`` intra-op threads (restored after).
-    Returns median_ms, p90_ms, min_ms, throughput_per_s, batch_size, repeats, threads.
+    The batch is random normals of a floating ``dtype``, or zeros (valid token ids) of an
+    integer one. Returns median_ms, p90_ms, min_ms, throughput_per_s, batch_size, repeats,
+    threads.
     """
     _check(repeats, batch_size, threads)
+    shape = (batch_size, *input_shape)
+    if dtype.is_floating_point:
+        batch = torch.randn(shape, dtype=dtype)
+    else:  # token ids or masks
+        batch = torch.zeros(shape, dtype=dtype)
     was_training = model.training
     model.eval()
-    batch = torch.randn(batch_size, *input_shape)
     try:
         with torch.inference_mode():
             measurement = _measure(lambda: model(batch), repeats, warmup, threads)
@@ -80,12 +87,20 @@ def measure_onnx_latency(
     warmup: int = 5,
     threads: int = 1,
 ) -> dict[str, float]:
-    """Same as :func:`measure_latency` for an exported ONNX file run by onnxruntime."""
-    from lightning_prune.export.onnx_export import onnx_session
+    """Same as :func:`measure_latency` for an exported ONNX file run by onnxruntime.
+
+    The batch has the model's input dtype: random normals for floats, zeros (valid token ids)
+    for integers.
+    """
+    from lightning_prune.export.onnx_export import input_dtype, onnx_session
 
     _check(repeats, batch_size, threads)
     session = onnx_session(path, threads)
-    feed = {"input": np.random.default_rng(0).standard_normal((batch_size, *input_shape))}
-    feed["input"] = feed["input"].astype(np.float32)
+    dtype, shape = input_dtype(session), (batch_size, *input_shape)
+    if np.issubdtype(dtype, np.floating):
+        batch = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    else:  # token ids or masks: zeros are valid for any vocabulary
+        batch = np.zeros(shape, dtype=dtype)
+    feed = {"input": batch}
     measurement = _measure(lambda: session.run(None, feed), repeats, warmup, threads)
     return _summary(measurement, batch_size, threads)

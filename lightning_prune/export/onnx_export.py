@@ -75,7 +75,37 @@ def onnx_session(path: str | Path, threads: int = 1):  # -> onnxruntime.Inferenc
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+_ONNX_DTYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(float16)": np.float16,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(int16)": np.int16,
+    "tensor(int8)": np.int8,
+    "tensor(uint8)": np.uint8,
+    "tensor(bool)": np.bool_,
+}
+
+
+def input_dtype(session) -> np.dtype:  # session: onnxruntime.InferenceSession
+    """The numpy dtype of the model's input, as the export declared it (the example's dtype).
+
+    Token ids export as int64 and images as float32; feeding any other dtype makes onnxruntime
+    refuse the call, so feeds are cast to this.
+    """
+    declared = session.get_inputs()[0].type
+    if declared not in _ONNX_DTYPES:
+        allowed = ", ".join(_ONNX_DTYPES)
+        raise TypeError(f"ONNX input type {declared} is not supported; allowed: {allowed}")
+    return np.dtype(_ONNX_DTYPES[declared])
+
+
 def run_onnx(path: str | Path, inputs: np.ndarray, threads: int = 1) -> np.ndarray:
-    """Run an exported model once on ``inputs`` (float32) and return its output."""
+    """Run an exported model once on ``inputs`` and return its output.
+
+    ``inputs`` is cast to the model's input dtype (e.g. float64 to float32, int32 ids to int64).
+    """
     session = onnx_session(path, threads)
-    return session.run(None, {"input": inputs.astype(np.float32)})[0]
+    feed = np.asarray(inputs).astype(input_dtype(session), copy=False)
+    return session.run(None, {"input": feed})[0]
