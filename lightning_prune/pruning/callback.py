@@ -20,6 +20,7 @@ from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.types import STEP_OUTPUT
 from typing_extensions import override
 
+from lightning_prune.pruning.averaging import AveragedMasks
 from lightning_prune.pruning.controller import Controller
 from lightning_prune.pruning.criteria import Importance, build_criterion
 from lightning_prune.pruning.feedback import MetricFeedback
@@ -47,7 +48,9 @@ from lightning_prune.pruning.trainer_support import (
 from lightning_prune.pruning.updater import MaskUpdater
 
 
-class AdaptivePruning(MaskUpdates, MetricFeedback, PruningReport, PruningState, pl.Callback):
+class AdaptivePruning(
+    MaskUpdates, MetricFeedback, PruningReport, PruningState, AveragedMasks, pl.Callback
+):
     """Prune the weights of a model during training, adapting to the validation metric.
 
     Covers Linear, Conv1d/2d/3d, ConvTranspose*, MultiheadAttention, RNN/LSTM/GRU and, opt-in,
@@ -352,6 +355,7 @@ class AdaptivePruning(MaskUpdates, MetricFeedback, PruningReport, PruningState, 
         if self.store is None:
             return
         self.store.apply_to_weights()  # after callbacks that replace weights (SWA)
+        self._warn_left_dense(trainer)
         self._queued = {}
         for logger in trainer.loggers:
             logger.log_metrics(self._metrics(), step=trainer.global_step)

@@ -54,6 +54,10 @@ class MaskStore:
         self._hot_params = [p.name for p, keep in zip(self.param_list, pruned, strict=True) if keep]
         self._hot_by_name = dict(zip(self._hot_params, self._hot_masks, strict=True))
 
+    def float_masks(self) -> dict[str, torch.Tensor]:
+        """1.0 where kept, 0.0 where pruned, in each weight's dtype and device."""
+        return dict(self._float)
+
     def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
         """Replace masks (same names and shapes) and refresh the cached float copies."""
         for name, mask in masks.items():

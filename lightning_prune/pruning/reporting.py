@@ -7,6 +7,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_warn
 
 from lightning_prune.pruning.stats import build_summary, logged_metrics
 from lightning_prune.pruning.trainer_support import read_handoff
@@ -36,6 +37,35 @@ class PruningReport(pl.Callback):
         for name, value in {**self._queued, **headline}.items():
             pl_module.log(name, float(value), on_step=True, on_epoch=False, batch_size=1)
         self._queued = {}
+
+    def _warn_left_dense(self, trainer: pl.Trainer) -> None:
+        """At fit end, say so when the model is denser than the run meant: training stopped
+        before the ramp reached its target, or weights left dense because they were frozen at
+        the first step have been trained since (e.g. unfrozen by BackboneFinetuning)."""
+        schedule, sparsity = self.schedule, self.store.sparsity()
+        short = schedule.progress < 1.0 and self._clock < schedule.end_step
+        if short and schedule.final - sparsity > 1e-3:
+            why = "stopped early (EarlyStopping, max_time or should_stop)"
+            rank_zero_warn(
+                f"AdaptivePruning: training {why if trainer.should_stop else 'ended'} at "
+                f"step {self._clock} of the {schedule.total_steps} the ramp was placed on, "
+                f"before it reached target_sparsity {schedule.final:.1%} (due at step "
+                f"{schedule.end_step}): the model is at {sparsity:.1%}. Reach the target "
+                "sooner (a smaller `end`, or total_steps=N for the steps you expect) or let "
+                "training run on (EarlyStopping patience, min_epochs)."
+            )
+        trained = [
+            p.name
+            for p in self._candidates
+            if p.name not in self.store.params and p.param.requires_grad
+        ]
+        if trained:
+            rank_zero_warn(
+                f"AdaptivePruning: {trained[:5]}{' ...' if len(trained) > 5 else ''} were frozen "
+                "at the first training step, so they were left dense, and have been trained "
+                "since (unfrozen): they are neither pruned nor counted in the sparsity. Pass "
+                "prune_frozen=True to prune them."
+            )
 
     @property
     def target_sparsity(self) -> float:
