@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
+from torch.nn.parameter import is_lazy
+from torch.nn.utils import parametrize
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 TRANSPOSED_TYPES = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
@@ -92,22 +94,31 @@ def select_params(
     """Prunable weights of modules whose name matches `include` and not `exclude`.
 
     `is_output` is a first guess (the last match in registration order) that the callback
-    replaces by the execution order of a training forward. Raises a ValueError naming
-    `include` when nothing matches.
+    replaces by the execution order of a training forward. Parametrized weights (weight_norm,
+    spectral_norm: computed, not stored) are never selected. Raises a ValueError when a matched
+    weight is still lazy (it has no shape to mask yet) and one naming `include` when nothing
+    matches.
     """
     chosen: dict[int, PrunableParam] = {}
-    candidates = []
+    candidates = []  # modules with a weight AdaptivePruning can prune, matched or not
+    parametrized = []  # matched modules whose weights are computed by a parametrization
+    lazy = []  # matched modules whose weights do not exist yet
     for module_name, module in model.named_modules():
         weights = module_weights(module, embeddings)
-        if not weights:
+        plain = [w for w in weights if not parametrize.is_parametrized(module, w[0])]
+        if plain:
+            candidates.append(module_name)
+        if not weights or not _matches(module_name, include) or _matches(module_name, exclude):
             continue
-        candidates.append(module_name)
-        if not _matches(module_name, include) or _matches(module_name, exclude):
-            continue
+        if len(plain) < len(weights):
+            parametrized.append(module_name)
         owner = _owner_for_trace(model, module_name, module)
-        for local, unit_axis, block_axis in weights:
+        for local, unit_axis, block_axis in plain:
             param = getattr(module, local)
             if not isinstance(param, nn.Parameter):
+                continue
+            if is_lazy(param):
+                lazy.append(module_name)
                 continue
             key = id(param)
             if key in chosen:  # tied weight: one mask, every user is an owner
@@ -122,15 +133,50 @@ def select_params(
                 block_axis=block_axis,
                 owners=(owner,),
             )
+    if lazy:
+        raise _lazy_error(list(dict.fromkeys(lazy)), exclude)
     params = list(chosen.values())
     if not params:
-        raise ValueError(
-            f"AdaptivePruning: no parameter matched include={list(include)} "
-            f"(exclude={list(exclude)}); prunable modules are {candidates[:20]}"
-            + (" ..." if len(candidates) > 20 else "")
-        )
+        raise _nothing_matched_error(include, exclude, candidates, parametrized)
     params[-1].is_output = True
     return params
+
+
+def _listed(names: Sequence[str], limit: int = 20) -> str:
+    return f"{list(names[:limit])}" + (" ..." if len(names) > limit else "")
+
+
+def _lazy_error(lazy: Sequence[str], exclude: Sequence[str]) -> ValueError:
+    """A lazy module (nn.LazyLinear, nn.LazyConv2d) creates its weight in its first forward:
+    before it there is no shape to build a mask for."""
+    return ValueError(
+        f"AdaptivePruning: the weights of the lazy module(s) {_listed(lazy)} are not created "
+        "yet, so they cannot be pruned. Run one forward pass before fit so they exist (a dummy "
+        "batch through the model in `setup` or `configure_model`, or `model(example_batch)` "
+        f"before `trainer.fit`), or leave them dense with exclude={[*exclude, *lazy]}."
+    )
+
+
+def _nothing_matched_error(
+    include: Sequence[str],
+    exclude: Sequence[str],
+    candidates: Sequence[str],
+    parametrized: Sequence[str],
+) -> ValueError:
+    message = (
+        f"AdaptivePruning: no parameter matched include={list(include)} (exclude={list(exclude)})"
+    )
+    if parametrized:
+        message += (
+            f"; the weights of {_listed(parametrized)} are parametrized (torch.nn.utils."
+            "parametrize, e.g. weight_norm or spectral_norm) and parametrized weights are not "
+            "pruned"
+        )
+    if candidates:
+        message += f"; prunable modules are {_listed(candidates)}"
+    else:
+        message += "; the model has no prunable module"
+    return ValueError(message)
 
 
 def _owning_types(model: nn.Module) -> dict[int, str]:
@@ -168,6 +214,8 @@ def coverage(
 def _skip_reason(param: nn.Parameter, owner_type: str) -> str:
     if not param.requires_grad:
         return "frozen (prune_frozen=True prunes it by magnitude)"
+    if owner_type == "ParametrizationList":
+        return "parametrized (weight_norm, spectral_norm: parametrized weights are not pruned)"
     if owner_type == "Embedding":
         return "Embedding (opt-in: embeddings=True)"
     if owner_type in {t.__name__ for t in PRUNABLE_TYPES} or owner_type.endswith("Linear"):
