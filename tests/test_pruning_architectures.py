@@ -123,6 +123,35 @@ def test_structured_never_removes_a_class_when_the_head_is_declared_first():
     assert_exact_zeros(callback, net)
 
 
+class TwoHeads(Task):
+    """Main and auxiliary classifiers on one body; the main head runs first."""
+
+    def __init__(self):
+        body = nn.Sequential(nn.Flatten(), nn.Linear(3 * 16 * 16, 64), nn.ReLU())
+        super().__init__(body)
+        self.main, self.aux = nn.Linear(64, 10), nn.Linear(64, 10)
+
+    def forward(self, x):
+        hidden = self.net(x)
+        return {"main": self.main(hidden), "aux": self.aux(hidden)}
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        out = self(x)
+        return F.cross_entropy(out["main"], y) + 0.3 * F.cross_entropy(out["aux"], y)
+
+
+def test_structured_keeps_every_class_of_every_head_the_forward_returns():
+    callback = AdaptivePruning(
+        target_sparsity=0.6, granularity="structured", frequency=2, monitor=None, verbose=False
+    )
+    trainer([callback], max_epochs=2).fit(TwoHeads(), images())
+    assert callback.masks["main.weight"].all() and callback.masks["aux.weight"].all()
+    assert callback.store.params["main.weight"].is_output
+    assert not callback.store.params["net.1.weight"].is_output
+    assert not callback.masks["net.1.weight"].all()  # the body was pruned
+
+
 def test_include_naming_only_hidden_layers_gives_no_layer_the_output_floor():
     net = nn.Sequential(nn.Flatten(), nn.Linear(48, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU())
     net.add_module("head", nn.Linear(16, 10))

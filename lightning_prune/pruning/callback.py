@@ -286,7 +286,8 @@ class AdaptivePruning(
         self._log(pl_module, self._metrics(), now=False)  # monitors find them from the start
         if not self._roles_known and self._trace is None:
             # every covered module, matched or not: the output layer may be left out
-            self._trace = ForwardTrace(select_params(self._module, ("*",), (), embeddings=True))
+            every = select_params(self._module, ("*",), (), embeddings=True)
+            self._trace = ForwardTrace(every, root=self._module)
 
     @override
     def on_train_batch_start(

@@ -1,8 +1,9 @@
 """What one training forward reveals: which prunable layer produces the output, and MACs.
 
 Registration order says nothing about data flow (a head declared before the body, an output
-layer shared with the input embedding), so the output layer is the one whose module ran last
-in a real forward, and multiply-accumulates are counted from the shapes that really flowed.
+layer shared with the input embedding), so the output layers are the one whose module ran last
+in a real forward and every one whose output the model's forward returned as is (a model with
+several heads), and multiply-accumulates are counted from the shapes that really flowed.
 
 A call of a Linear, Conv or ConvTranspose is counted by `torch.utils.flop_counter.
 FlopCounterMode` (MACs = its FLOPs / 2; bias adds are not counted). MultiheadAttention and RNNs
@@ -34,6 +35,17 @@ def _first_tensor(value: Any) -> torch.Tensor | None:
             if found is not None:
                 return found
     return None
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    """Every tensor in a (nested) tuple, list or dict, as returned by a forward."""
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return [t for item in value for t in _tensors(item)]
+    return []
 
 
 def _attention_inputs(args: tuple, kwargs: dict) -> list[torch.Tensor]:
@@ -68,9 +80,12 @@ def weight_macs(param: PrunableParam, owner: nn.Module, args, kwargs, output) ->
 class ForwardTrace:
     """Forward hooks on the modules that own prunable weights, kept for one training forward."""
 
-    def __init__(self, params: Sequence[PrunableParam]) -> None:
+    def __init__(self, params: Sequence[PrunableParam], root: nn.Module | None = None) -> None:
+        """`root`: the model whose forward's return value names more output layers."""
         self.params = list(params)
         self.last_run: dict[int, int] = {}
+        self.returned: set[int] = set()  # owners whose output the root's forward returned
+        self._outputs: dict[int, torch.Tensor] = {}  # owner id -> its output (one forward)
         self.macs: dict[str, int] = {}  # summed over every traced call
         self.samples = 0  # examples that went through the traced forwards (set by the caller)
         self._calls = 0
@@ -85,6 +100,15 @@ class ForwardTrace:
             owner.register_forward_hook(self._hook, with_kwargs=True, always_call=True)
             for owner in owners.values()
         ]
+        if root is not None:
+            self._handles.append(root.register_forward_hook(self._root_returned))
+
+    def _root_returned(self, root: nn.Module, args, output) -> None:
+        returned = _tensors(output)
+        self.returned |= {
+            owner for owner, out in self._outputs.items() if any(out is t for t in returned)
+        }
+        self._outputs = {}
 
     def _count(self, owner: nn.Module, args) -> None:
         counter = FlopCounterMode(display=False)
@@ -97,6 +121,9 @@ class ForwardTrace:
             counter.__exit__(None, None, None)
         self._calls += 1
         self.last_run[id(owner)] = self._calls
+        out = _first_tensor(output)
+        if out is not None:
+            self._outputs[id(owner)] = out
         for p in self.params:
             if any(o is owner for o in p.owners):
                 if counter is not None:
@@ -112,17 +139,17 @@ class ForwardTrace:
         return {n: m // max(1, self.samples) for n, m in self.macs.items()}
 
     def output_weights(self) -> set[int]:
-        """ids of the weights used by the module that ran last (empty if nothing ran)."""
+        """ids of the weights used by the module that ran last or whose output the model
+        returned (empty if nothing ran)."""
         if not self.last_run:
             return set()
         last = max(self.last_run.values())
-        return {
-            id(p.param)
-            for p in self.params
-            if any(self.last_run.get(id(o)) == last for o in p.owners)
-        }
+        outputs = {owner for owner, call in self.last_run.items() if call == last}
+        outputs |= self.returned
+        return {id(p.param) for p in self.params if any(id(o) in outputs for o in p.owners)}
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        self._outputs = {}
