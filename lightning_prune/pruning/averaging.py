@@ -54,8 +54,9 @@ class AveragedMasks(pl.Callback):
     def on_save_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
-        """The averaging callback may already have put its copy in `state_dict`."""
-        if self.store is None:
+        """The averaging callback may already have put its copy in `state_dict` (without one,
+        the weights it holds are the model's, exact zeros already)."""
+        if self.store is None or not averaged_copies(trainer, set(self.store.params)):
             return
         self._mask_averaged(trainer)
         masks = self.store.float_masks()
