@@ -156,66 +156,30 @@ def test_optimizer_state_reset_at_pruned_and_regrown_positions():
     assert torch.all(layer.weight[~mask] == 0)
 
 
-class BackwardCheck(pl.Callback):
-    """Records, before the optimizer step of every batch whose masks did not change since the
-    previous step, whether backward alone left the pruned gradients at zero."""
-
-    def __init__(self, pruning: AdaptivePruning) -> None:
-        self.pruning = pruning
-        self.hooked: list[bool] = []
-        self.zero_after_backward: list[bool] = []
-        self._masks: dict[str, torch.Tensor] = {}
+class Centralize(pl.Callback):
+    """Gradient centralization in `on_after_backward`: writes every weight's gradient, the
+    pruned positions included, after backward and before the optimizer step."""
 
     def on_after_backward(self, trainer, pl_module) -> None:
-        masks = {n: m.clone() for n, m in self.pruning.masks.items()}
-        self.hooked.append(self.pruning.store.masks_in_backward)
-        if self._masks and all(torch.equal(masks[n], m) for n, m in self._masks.items()):
-            grads = {n: self.pruning.store.params[n].param.grad for n in masks}
-            self.zero_after_backward.append(
-                all(bool(torch.all(grads[n][~m] == 0)) for n, m in masks.items())
-            )
-        self._masks = masks
+        for param in pl_module.parameters():
+            if param.grad is not None and param.dim() > 1:
+                param.grad -= param.grad.mean(dim=1, keepdim=True)
 
 
-def _fit_lenet(options: dict, masks_in_backward: bool | None = None):
+def test_gradients_written_after_backward_are_masked_before_the_step():
     pl.seed_everything(0)
     pruning = AdaptivePruning(
-        target_sparsity=0.8, frequency=3, start=0.0, end=0.6, monitor=None, verbose=False,
-        **options,
-    )  # fmt: skip
-    if masks_in_backward is False:
-        pruning._dense_grads_unread = lambda trainer: False
-    check = BackwardCheck(pruning)
-    model = classifier()
-    trainer([pruning, check], max_epochs=2).fit(model, tiny_data())
-    return pruning, check, model
+        target_sparsity=0.8, frequency=2, start=0.0, end=0.5, monitor=None, verbose=False
+    )
+    checker = ZeroChecker(pruning)
+    fit_trainer = trainer([pruning, Centralize(), checker], max_epochs=2)
+    fit_trainer.fit(classifier(), tiny_data())
+    assert checker.checked_steps == fit_trainer.global_step == 16
+    assert checker.max_sparsity_seen == pytest.approx(0.8, abs=1e-3)
 
 
-def test_backward_masks_pruned_gradients_and_training_is_unchanged():
-    pruning, check, model = _fit_lenet({})
-    assert all(check.hooked) and check.zero_after_backward and all(check.zero_after_backward)
-    assert not pruning.store.masks_in_backward  # the hooks leave with the Trainer
-    _, unhooked, same_model = _fit_lenet({}, masks_in_backward=False)
-    assert not any(unhooked.hooked)
-    assert not all(unhooked.zero_after_backward)  # without hooks backward leaves them
-    for (name, value), other in zip(
-        model.state_dict().items(), same_model.state_dict().values(), strict=True
-    ):
-        assert torch.equal(value, other), name
-
-
-@pytest.mark.parametrize(
-    "options", [{"criterion": "gradient"}, {"regrowth": "rigl"}, {"regrowth": "dns"}]
-)
-def test_backward_leaves_gradients_dense_where_they_are_read(options):
-    pruning, check, _ = _fit_lenet(options)
-    assert check.hooked and not any(check.hooked)
-    assert pruning.summary()["sparsity"] == pytest.approx(0.8, abs=0.02)
-
-
-def test_backward_masking_leaves_frozen_weights_to_the_step_pass():
-    """A weight frozen at fit start gets no backward hook; unfrozen mid-run, its gradients are
-    still masked before every optimizer step."""
+def test_a_weight_unfrozen_mid_run_has_its_gradients_masked_before_every_step():
+    """Pruned while frozen (prune_frozen=True), then trained: its pruned weights stay zero."""
     pl.seed_everything(0)
     pruning = AdaptivePruning(
         target_sparsity=0.7, frequency=2, start=0.0, end=0.5, monitor=None, verbose=False,

@@ -167,10 +167,10 @@ def test_layers_created_in_configure_model():
 class ManualModel(pl.LightningModule):
     """Manual optimization with one optimizer per layer group (`two`) or one for all."""
 
-    def __init__(self, two: bool):
+    def __init__(self, two: bool, every: int = 1):
         super().__init__()
         self.automatic_optimization = False
-        self.two = two
+        self.two, self.every = two, every  # optimizers step every `every` batches
         self.body = nn.Sequential(nn.Flatten(), nn.Linear(784, 64), nn.ReLU())
         self.head = nn.Linear(64, 10)
         self.sparsity_by_batch: list[float] = []
@@ -179,12 +179,12 @@ class ManualModel(pl.LightningModule):
         x, y = batch
         optimizers = self.optimizers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
-        for optimizer in optimizers:
-            optimizer.zero_grad()
-        loss = F.cross_entropy(self.head(self.body(x)), y)
+        loss = F.cross_entropy(self.head(self.body(x)), y) / self.every
         self.manual_backward(loss)
-        for optimizer in optimizers:
-            optimizer.step()
+        if (batch_idx + 1) % self.every == 0:
+            for optimizer in optimizers:
+                optimizer.step()
+                optimizer.zero_grad()
 
     def configure_optimizers(self):
         if not self.two:
@@ -214,6 +214,18 @@ def test_manual_optimization_counts_the_ramp_in_batches(two):
     assert callback.schedule.total_steps == batches == 16
     # linear ramp over all batches: about half the target at the middle, the target at the end
     assert log.values[batches // 2 - 1] == pytest.approx(0.4, abs=0.06)
+    assert log.values[-1] == pytest.approx(0.8, abs=0.01)
+    assert_pruned(callback, model, 0.8)
+
+
+@pytest.mark.parametrize("every", [2, 4])
+def test_manual_accumulation_counts_the_batches_that_step_no_optimizer(every):
+    callback = pruning(0.8, schedule="linear", start=0.0, end=1.0, frequency=1)
+    log = SparsityLog(callback)
+    model = ManualModel(two=False, every=every)
+    trainer([callback, log], max_epochs=2).fit(model, tiny_data())
+    assert callback.schedule.total_steps == len(log.values) == 16
+    assert log.values[7] == pytest.approx(0.4, abs=0.06)
     assert log.values[-1] == pytest.approx(0.8, abs=0.01)
     assert_pruned(callback, model, 0.8)
 

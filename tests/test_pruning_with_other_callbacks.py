@@ -101,3 +101,21 @@ def test_weights_unfrozen_after_being_left_dense_are_named_in_a_warning():
     with pytest.warns(UserWarning, match=r"backbone\.1\.weight.*have been trained since"):
         trainer([pruning, unfreeze], max_epochs=2, limit_val_batches=0).fit(Backbone(), tiny_data())
     assert list(pruning.masks) == ["head.weight"]
+
+
+class FailsAtStep(pl.Callback):
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == 5:
+            raise RuntimeError("stop here")
+
+
+def test_a_fit_that_raises_leaves_no_pruning_hook_on_the_model():
+    """Activation statistics hook every pruned module's forward; they must go with the fit."""
+    pl.seed_everything(0)
+    pruning = AdaptivePruning(
+        target_sparsity=0.5, criterion="activation", frequency=2, monitor=None, verbose=False
+    )
+    model = classifier()
+    with pytest.raises(RuntimeError, match="stop here"):
+        trainer([pruning, FailsAtStep()], max_epochs=2).fit(model, tiny_data())
+    assert not [m for m in model.modules() if m._forward_hooks or m._forward_pre_hooks]

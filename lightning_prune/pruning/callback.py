@@ -1,10 +1,10 @@
 """AdaptivePruning: a Lightning callback that prunes while training and listens to the metric.
 
-Hot path (every optimizer step): mask the gradients, as backward accumulates them where nothing
-reads a pruned weight's gradient (else in `on_before_optimizer_step`, one fused call), and re-zero
-the weights in `on_train_batch_end` where the optimizer could move a zero (Lightning has no hook
-after `optimizer.step`). Scoring, allocation and regrowth run only every `frequency` steps;
-gradient statistics only in the window before each of those updates.
+Hot path (every optimizer step): mask the gradients in `on_before_optimizer_step` (after every
+hook that may write them) and re-zero the weights in `on_train_batch_end` where the optimizer
+could move a zero (Lightning has no hook after `optimizer.step`), each one fused call over all
+layers. Scoring, allocation and regrowth run only every `frequency` steps; gradient statistics
+only in the window before each of those updates.
 """
 
 from __future__ import annotations
@@ -40,7 +40,6 @@ from lightning_prune.pruning.trace import ForwardTrace
 from lightning_prune.pruning.trainer_support import (
     batch_size,
     in_spawned_worker,
-    one_process,
     remaining_steps,
     write_handoff,
     zeros_stay_zero,
@@ -281,8 +280,6 @@ class AdaptivePruning(
         self.stats.attach(list(self.store.params.values()))
         self.store.apply_to_weights()
         self._rezero_each_step = not zeros_stay_zero(trainer.optimizers)
-        if self._dense_grads_unread(trainer):
-            self.store.mask_in_backward()
         self._log(pl_module, self._metrics(), now=False)  # monitors find them from the start
         if not self._roles_known and self._trace is None:
             # every covered module, matched or not: the output layer may be left out
@@ -296,13 +293,6 @@ class AdaptivePruning(
         self._batch_open = True
         if self._trace is not None:
             self._trace.samples += batch_size(batch)
-
-    def _dense_grads_unread(self, trainer: pl.Trainer) -> bool:
-        """Nothing reads a pruned weight's gradient between backward and the optimizer step:
-        no |gradient| statistic, no regrowth, one process (a pruned weight is 0, so its Taylor
-        score |w * g| is 0 whether its gradient is masked or not)."""
-        no_reader = "grad" not in self.stats.required and not self.regrowth.swaps
-        return no_reader and one_process(trainer)
 
     def _learn_roles(self) -> None:
         """After the first training forward: the output layer, frozen weights, coverage."""
@@ -331,6 +321,18 @@ class AdaptivePruning(
             self._clock += 1
         self.store.mask_grads()
 
+    def _tick_without_step(self, trainer: pl.Trainer) -> None:
+        """A manual-optimization batch that stepped no optimizer (e.g. it accumulates) is still
+        a unit of the ramp's clock, as in `estimated_stepping_batches`; the gradients it leaves
+        are masked at the next step."""
+        self._batch_open = False
+        if self.store is None or not trainer.optimizers:
+            return
+        if not self._roles_known:
+            self._learn_roles()
+        self._ramp_step(trainer, trainer.optimizers[0], self._clock)
+        self._clock += 1
+
     @override
     def on_train_batch_end(
         self,
@@ -342,6 +344,8 @@ class AdaptivePruning(
     ) -> None:
         if self.store is not None and self._rezero_each_step:
             self.store.apply_to_weights()
+        if self._batch_open and self._ramp_placed and not pl_module.automatic_optimization:
+            self._tick_without_step(trainer)
         if self._queued:  # the controller's last decision (`log` is allowed here)
             self._log(pl_module, {}, now=True)
 
@@ -368,13 +372,18 @@ class AdaptivePruning(
             render_summary(self.summary(), shapes, _live_bar_console(trainer))
 
     @override
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """A fit that raises skips `teardown`: the forward hooks must not outlive it."""
+        self.teardown(trainer, pl_module, "fit")
+
+    @override
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._trace is not None:
             self._trace.remove()
             self._trace = None
         self.stats.detach()
-        if self.store is not None:
-            self.store.stop_masking_in_backward()
 
 
 def _live_bar_console(trainer: pl.Trainer) -> Any:

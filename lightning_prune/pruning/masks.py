@@ -34,13 +34,9 @@ class MaskStore:
         # weights the granularity never prunes (granularity "heads": all but attention); left
         # out of kept/total/sparsity, so sparsity is measured where the target applies
         self.dense: frozenset[str] = frozenset()
-        self._grad_hooks: list[torch.utils.hooks.RemovableHandle] = []
-        self._version = 0  # bumped whenever the masks change
-        self._masked_in_backward: dict[str, int] = {}  # mask version each hook last applied
         self._refresh_float()
 
     def _refresh_float(self) -> None:
-        self._version += 1
         self._float = {
             n: m.to(dtype=self.params[n].param.dtype, device=self.params[n].param.device)
             for n, m in self.masks.items()
@@ -51,8 +47,6 @@ class MaskStore:
         pruned = [not bool(self.masks[p.name].all()) for p in self.param_list]
         self._hot_weights = [w for w, keep in zip(self._weights, pruned, strict=True) if keep]
         self._hot_masks = [m for m, keep in zip(self._float_list, pruned, strict=True) if keep]
-        self._hot_params = [p.name for p, keep in zip(self.param_list, pruned, strict=True) if keep]
-        self._hot_by_name = dict(zip(self._hot_params, self._hot_masks, strict=True))
 
     def float_masks(self) -> dict[str, torch.Tensor]:
         """1.0 where kept, 0.0 where pruned, in each weight's dtype and device."""
@@ -74,46 +68,11 @@ class MaskStore:
 
     @torch.no_grad()
     def mask_grads(self) -> None:
-        """Zero the gradient of every pruned weight so the optimizer does not move it (skipping
-        those that backward already masked with the masks in force now)."""
-        pairs = [
-            (w.grad, m)
-            for p, w, m in zip(self._hot_params, self._hot_weights, self._hot_masks, strict=True)
-            if w.grad is not None and self._masked_in_backward.get(p) != self._version
-        ]
+        """Zero the gradient of every pruned weight so the optimizer does not move it."""
+        pairs = [(w.grad, m) for w, m in zip(self._hot_weights, self._hot_masks, strict=True)]
+        pairs = [(g, m) for g, m in pairs if g is not None]
         if pairs:
             torch._foreach_mul_([g for g, _ in pairs], [m for _, m in pairs])
-
-    @property
-    def masks_in_backward(self) -> bool:
-        return bool(self._grad_hooks)
-
-    def mask_in_backward(self) -> None:
-        """Mask each gradient as backward accumulates it, while it is still in cache, instead
-        of all of them in a later pass over memory (`mask_grads`). Only for runs where nothing
-        reads a pruned weight's gradient before the optimizer step. Frozen weights get no hook:
-        `mask_grads` still masks them if they are unfrozen later."""
-        self.stop_masking_in_backward()
-        for name, p in self.params.items():
-            if p.param.requires_grad and p.param.is_leaf:
-                hook = p.param.register_post_accumulate_grad_hook(self._hook(name))
-                self._grad_hooks.append(hook)
-
-    def _hook(self, name: str):
-        @torch.no_grad()
-        def mask_grad(param: torch.Tensor) -> None:
-            mask = self._hot_by_name.get(name)
-            if mask is not None and param.grad is not None:
-                param.grad.mul_(mask)
-            self._masked_in_backward[name] = self._version
-
-        return mask_grad
-
-    def stop_masking_in_backward(self) -> None:
-        for handle in self._grad_hooks:
-            handle.remove()
-        self._grad_hooks = []
-        self._masked_in_backward = {}
 
     def density(self, name: str) -> float:
         mask = self.masks[name]

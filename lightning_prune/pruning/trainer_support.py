@@ -14,7 +14,6 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.strategies import SingleDeviceStrategy
 from pytorch_lightning.strategies.launchers.multiprocessing import _MultiProcessingLauncher
 
 
@@ -68,11 +67,6 @@ def zeros_stay_zero(optimizers: list[torch.optim.Optimizer]) -> bool:
     """True when every optimizer is one of the known zero-preserving ones (not a subclass,
     which may change `step`)."""
     return all(type(optimizer) in ZERO_PRESERVING for optimizer in optimizers)
-
-
-def one_process(trainer: pl.Trainer) -> bool:
-    """One device, no distributed wrapper between backward and the optimizer step."""
-    return type(trainer.strategy) is SingleDeviceStrategy
 
 
 def in_spawned_worker(trainer: pl.Trainer) -> bool:
