@@ -183,3 +183,21 @@ def test_include_gates_only_the_named_layers():
     model = Classifier("lenet5")
     trainer([DynamicGating(include="net.2")], max_epochs=1).fit(model, datamodule=tiny_data())
     assert [item.name for item in gated_layers(model)] == ["net.2"]
+
+
+class TokenWise(nn.Module):
+    """A token-wise feed-forward block on (batch, tokens, features): the chain rule passes it,
+    but a gate decides per example and cannot pool a 3-D input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ffn = nn.Sequential(nn.Linear(28, 32), nn.ReLU(), nn.Linear(32, 28))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+    def forward(self, x):
+        return self.head(self.ffn(x.squeeze(1)))
+
+
+def test_a_gated_linear_fed_tokens_names_itself_and_the_fix():
+    with pytest.raises(GatingError, match=r"'net\.ffn\.0' got 3-D input .*\(include=\["):
+        trainer([DynamicGating()], max_epochs=1).fit(Classifier(TokenWise()), tiny_data())

@@ -70,6 +70,7 @@ class ChannelGate(nn.Module):
         self.momentum = 0.1
         self.enabled = True
         self.external = False  # the batch-1 paths compute the scale themselves
+        self.layer_name = ""  # set by `attach_gates`, for error messages
         self._scale: torch.Tensor | None = None
 
     def keep_count(self) -> int:
@@ -79,7 +80,12 @@ class ChannelGate(nn.Module):
         if x.dim() == 4:
             return x.mean(dim=(2, 3))
         if x.dim() != 2:
-            raise GatingError(f"a gated Linear needs 2-D input (batch, features), got {x.dim()}-D")
+            raise GatingError(
+                f"DynamicGating: the gated Linear {self.layer_name!r} got {x.dim()}-D input "
+                f"{tuple(x.shape)}; a gate decides per example, so a gated Linear needs 2-D "
+                "input (batch, features), e.g. not a token-wise layer. Leave it out: "
+                "DynamicGating(include=[...]) naming the layers to gate."
+            )
         if self.bins is None:
             return x
         return F.adaptive_avg_pool1d(x.unsqueeze(1), self.bins).squeeze(1)
@@ -230,13 +236,14 @@ def attach_gates(
     existing = gated_layers(root)
     if existing:
         return existing
-    for _name, layer in find_layers(root, include):
+    for name, layer in find_layers(root, include):
         if isinstance(layer, nn.Conv2d):
             gate = ChannelGate(layer.in_channels, layer.out_channels, None, budget, mode)
         else:
             pooled = None if layer.in_features <= bins else bins
             width = pooled or layer.in_features
             gate = ChannelGate(width, layer.out_features, pooled, budget, mode)
+        gate.layer_name = name
         layer.add_module(GATE_ATTR, gate.to(layer.weight.device))
     layers = gated_layers(root)
     for item in layers:
