@@ -17,6 +17,7 @@ What a study holds:
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,8 @@ from optuna.exceptions import ExperimentalWarning
 from optuna.storages import RetryFailedTrialCallback
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
+
+from lightning_prune.tracking import sqlite_file
 
 CHECKPOINT_NAME = "model.pt"  # a trial's pruned model: in its folder and as its MLflow artifact
 
@@ -124,6 +127,7 @@ class StudyAttr:
 
     MLFLOW_PARENT_RUN_ID = "mlflow_parent_run_id"
     TRACKING_URI = "tracking_uri"
+    TRACKING_CWD = "tracking_cwd"  # the folder a relative TRACKING_URI was given from
     EXPERIMENT = "experiment"
     CONFIG = "config"  # the whole resolved config of the search
     DENSE_REFERENCE = "dense_reference"  # {val_acc, test_acc, params, seconds}
@@ -322,10 +326,18 @@ class StudyTracking:
 
 
 def tracking_of(study: optuna.Study) -> StudyTracking:
-    """The tracking store, experiment and parent run the search recorded on the study."""
+    """The tracking store, experiment and parent run the search recorded on the study.
+
+    A relative SQLite store is read from the current folder when it is there (a study folder
+    copied elsewhere and run from inside), else from the folder the search ran in."""
     attrs = study.user_attrs
+    uri, base = attrs.get(StudyAttr.TRACKING_URI), attrs.get(StudyAttr.TRACKING_CWD)
+    path = sqlite_file(uri) if uri else None
+    moved = path is not None and not path.is_absolute() and not path.exists() and base
+    if moved and (Path(base) / path).exists():
+        uri = f"sqlite:///{Path(base) / path}"
     return StudyTracking(
-        attrs.get(StudyAttr.TRACKING_URI),
+        uri,
         attrs.get(StudyAttr.EXPERIMENT),
         attrs.get(StudyAttr.MLFLOW_PARENT_RUN_ID),
     )
@@ -335,4 +347,5 @@ def record_tracking(study: optuna.Study, tracking: StudyTracking) -> None:
     """Write where the study's runs are (the search does, once per parent run)."""
     study.set_user_attr(StudyAttr.MLFLOW_PARENT_RUN_ID, tracking.parent_run_id)
     study.set_user_attr(StudyAttr.TRACKING_URI, tracking.uri)
+    study.set_user_attr(StudyAttr.TRACKING_CWD, os.getcwd())
     study.set_user_attr(StudyAttr.EXPERIMENT, tracking.experiment)

@@ -81,3 +81,25 @@ def test_a_copied_folder_ensembles_and_reports(tmp_path):
     assert sorted(m.trial for m in chosen.members) == sorted(t.number for t in done)
     assert all(m.checkpoint.parent.parent == studies for m in chosen.members)
     assert not (copy / "downloads").exists()  # nothing came from MLflow
+
+
+def test_a_relative_store_is_found_from_another_folder(tmp_path, monkeypatch):
+    """Recorded as given (relative); read from the current folder when it is there, else from
+    the folder the search ran in."""
+    import optuna
+    from lightning_prune.search import StudyTracking, tracking_of
+    from lightning_prune.search.contract import record_tracking
+
+    first, elsewhere = tmp_path / "first", tmp_path / "elsewhere"
+    (first / "runs").mkdir(parents=True)
+    elsewhere.mkdir()
+    (first / "runs" / "mlflow.db").write_bytes(b"")
+    study = optuna.create_study()
+    monkeypatch.chdir(first)
+    record_tracking(study, StudyTracking("sqlite:///runs/mlflow.db", "e", "r"))
+    assert tracking_of(study).uri == "sqlite:///runs/mlflow.db"
+    monkeypatch.chdir(elsewhere)
+    assert tracking_of(study).uri == f"sqlite:///{first}/runs/mlflow.db"
+    (elsewhere / "runs").mkdir()
+    (elsewhere / "runs" / "mlflow.db").write_bytes(b"")  # a copy here wins
+    assert tracking_of(study).uri == "sqlite:///runs/mlflow.db"
