@@ -93,6 +93,24 @@ def check_dynamic(cfg: DictConfig, model: pl.LightningModule) -> None:
         raise ConfigError(f"dynamic: {err}") from None
 
 
+def check_pruning(cfg: DictConfig, pruning: Any, model: pl.LightningModule) -> None:
+    """What the callback checks at the start of `fit` (the weights it selects, the granularity
+    on each of them, a known training length), here, before anything is recorded."""
+    if pruning is None:
+        return
+    try:
+        pruning.check_model(model)
+    except ValueError as err:
+        raise ConfigError(f"pruning: {err}") from None
+    epochs, steps = cfg.trainer.get("max_epochs"), cfg.trainer.get("max_steps", -1)
+    if epochs == -1 and steps in (None, -1) and pruning.total_steps is None:
+        raise ConfigError(
+            "pruning needs the length of training to place its sparsity ramp, and "
+            "trainer.max_epochs=-1 with no trainer.max_steps gives none: set trainer.max_steps, "
+            "a trainer.max_epochs >= 1, or pruning.total_steps"
+        )
+
+
 def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.LightningModule, Any]:
     """Seed, then instantiate data, model and (when configured) the pruning callback; the
     gating options (`dynamic`) are checked here too, and built again by `fit_and_test`.
@@ -104,6 +122,7 @@ def build_components(cfg: DictConfig) -> tuple[pl.LightningDataModule, pl.Lightn
     datamodule = _build(cfg, "data")
     model = _build(cfg, "model")
     pruning = _build(cfg, "pruning") if cfg.get("pruning") and "_target_" in cfg.pruning else None
+    check_pruning(cfg, pruning, model)
     check_dynamic(cfg, model)
     return datamodule, model, pruning
 

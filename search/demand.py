@@ -12,6 +12,10 @@
   (unstructured, N:M) leave the dense latency unchanged, so when the dense model is too
   slow only structured pruning stays in the space.
 
+Whatever the demand, N:M patterns whose M does not divide the input width of a pruned layer
+(LeNet-5's first convolution has one input channel) are left out, with `n:m` itself when none
+fits: each of their trials would fail at its start.
+
 A demand nothing in the space can meet is a ConfigError before training.
 """
 
@@ -235,16 +239,63 @@ def _narrow_target(cfg: DictConfig, space: dict, floor: Floor, granularities: li
     return [f"{name} sampled in [{entry['low']}, {entry['high']}] ({floor.because})"]
 
 
+def _nm_misfits(cfg: DictConfig, patterns: list[str]) -> dict[str, str]:
+    """N:M patterns that some pruned layer of the model cannot take, each with the reason."""
+    from lightning_prune.pruning.granularity import NM
+    from lightning_prune.pruning.selection import select_params
+    from lightning_prune.train import build_model
+
+    include, exclude = _pruning_option(cfg, "include"), _pruning_option(cfg, "exclude")
+    include = [include] if isinstance(include, str) else list(include)
+    exclude = [exclude] if isinstance(exclude, str) else list(exclude)
+    params = select_params(build_model(cfg), include, exclude)
+    misfits = {}
+    for pattern in patterns:
+        try:
+            NM(str(pattern)).check(params)
+        except ValueError as err:
+            misfits[str(pattern)] = str(err).split(";")[0]
+    return misfits
+
+
+def _narrow_nm_to_model(cfg: DictConfig, space: dict) -> list[str]:
+    """Leave out the N:M patterns (and `n:m`) that a pruned layer of the model cannot take."""
+    g_name, g_entry = _entry(space, "pruning.granularity")
+    offered = list(g_entry["choices"]) if g_name else [_fixed(cfg, "granularity", space)]
+    if "n:m" not in offered:
+        return []
+    nm_name, nm_entry = _entry(space, "pruning.nm")
+    patterns = list(nm_entry["choices"]) if nm_name else [_fixed(cfg, "nm", space)]
+    misfits = _nm_misfits(cfg, patterns)
+    if not misfits:
+        return []
+    fitting = [p for p in patterns if str(p) not in misfits]
+    reasons = "; ".join(misfits.values())
+    if fitting:
+        nm_entry["choices"] = fitting
+        return [f"n:m patterns that do not fit the model left out ({reasons}): searching {fitting}"]
+    if not g_name or offered == ["n:m"]:
+        raise ConfigError(f"granularity n:m cannot prune this model: {reasons}")
+    g_entry["choices"] = [g for g in offered if g != "n:m"]
+    return [f"n:m left out: {reasons}"]
+
+
 def shape_space(cfg: DictConfig) -> tuple[DictConfig, list[str]]:
-    """A copy of `cfg` whose `search.space` holds only what can meet the demand, and one
-    line per change (printed at the start of the search and kept with the study)."""
+    """A copy of `cfg` whose `search.space` holds only what can meet the demand and fits the
+    model, and one line per change (printed at the start of the search and kept with the
+    study)."""
     floor = sparsity_floor(cfg)
     slow = dense_too_slow(cfg)
-    if floor is None and slow is None:
-        return cfg, []
     shaped = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
     space = OmegaConf.to_container(shaped.search.get("space") or {}, resolve=True)
+    fit_notes = _narrow_nm_to_model(shaped, space)
+    if floor is None and slow is None:
+        if not fit_notes:
+            return cfg, []
+        shaped.search.space = space
+        return shaped, fit_notes
     granularities, notes = _narrow_granularities(shaped, space, floor, slow)
+    notes = fit_notes + notes
     if floor is not None:
         notes += _narrow_target(shaped, space, floor, granularities)
     shaped.search.space = space

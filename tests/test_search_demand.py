@@ -22,6 +22,18 @@ def test_no_demand_leaves_the_space_alone():
     assert notes == [] and shaped.search.space == cfg.search.space
 
 
+def test_nm_patterns_that_do_not_fit_the_model_are_left_out_without_a_demand():
+    """LeNet-5's first convolution has one input channel: no M=4 pattern fits it."""
+    space, notes = _space("model=lenet5")
+    assert "n:m" not in space.granularity.choices
+    assert len(notes) == 1 and notes[0].startswith("n:m left out: nm='2:4': M=4 does not divide")
+    assert "net.0.weight" in notes[0]
+    fits, more = _space("model=lenet5", "pruning=base", "pruning.exclude=[net.0]")
+    assert "n:m" in fits.granularity.choices and more == []
+    with pytest.raises(ConfigError, match="granularity n:m cannot prune this model"):
+        shape_space(load_config(["model=lenet5", "search.space.granularity.choices=[n:m]"]))
+
+
 def test_min_sparsity_raises_the_target_range_and_drops_nm_below_it():
     space, notes = _space("search.demand.min_sparsity=0.9")
     assert space.target_sparsity.low == 0.9 and space.target_sparsity.high == 0.98

@@ -18,6 +18,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities import rank_zero_warn
 from pytorch_lightning.utilities.types import STEP_OUTPUT
+from torch import nn
 from typing_extensions import override
 
 from lightning_prune.pruning.averaging import AveragedMasks
@@ -233,15 +234,21 @@ class AdaptivePruning(
         nothing matches or the granularity does not fit a layer."""
         if self.store is not None:
             return
-        params = select_params(self._module, self.include, self.exclude, self.embeddings)
-        if not self.granularity.needs_output_layer:
-            self.granularity.check(params)
+        params = self.check_model(self._module)
         others = [c for c in trainer.callbacks if isinstance(c, AdaptivePruning) and c is not self]
         check_no_overlap(params, [c.store.param_list for c in others if c.store is not None])
         self._candidates = params
         self._build_store(params)
         if self._pending_state is not None:
             self.load_state_dict(self._pending_state)
+
+    def check_model(self, model: nn.Module) -> list[PrunableParam]:
+        """The weights `fit` will select on `model`, checked as `fit` checks them at its start
+        (include/exclude match, the granularity fits each layer): ValueError otherwise."""
+        params = select_params(model, self.include, self.exclude, self.embeddings)
+        if not self.granularity.needs_output_layer:
+            self.granularity.check(params)
+        return params
 
     def _build_store(self, params: list[PrunableParam]) -> None:
         self.store = MaskStore(params)
