@@ -47,10 +47,11 @@ from lightning_prune.tracking import retry
 SOURCE = "search"  # `lightning-prune search` made these runs
 
 
-def _flat(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
+def flat_params(prefix: str, value: Any, out: dict[str, str]) -> dict[str, str]:
+    """A nested config as `a.b.c` keys with string values (MLflow's parameter form)."""
     if isinstance(value, dict):
         for key, inner in value.items():
-            _flat(f"{prefix}.{key}" if prefix else str(key), inner, out)
+            flat_params(f"{prefix}.{key}" if prefix else str(key), inner, out)
     else:
         out[prefix] = str(value)[:500]
     return out
@@ -108,7 +109,7 @@ def start_parent(cfg: DictConfig, study: optuna.Study) -> str:
         client = MlflowClient(uri)
         provenance.stamp(uri, run_id, SOURCE, cfg.data)
         config = OmegaConf.to_container(cfg, resolve=True)
-        _log_params(client, run_id, _flat("", config, {}))
+        _log_params(client, run_id, flat_params("", config, {}))
         retry(client.log_dict, run_id, config, "config.json")
         study.set_user_attr(StudyAttr.CONFIG, json.loads(json.dumps(config, default=str)))
     repair(study, uri, experiment, run_id, ended_by=worker_id())

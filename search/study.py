@@ -7,6 +7,7 @@ pruner) is checked before the first trial; then the study runs in this process
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
@@ -30,6 +31,7 @@ from lightning_prune.search.objective import DEMANDS, SearchContext
 from lightning_prune.search.progress import StudyProgress
 from lightning_prune.search.quota import TrialQuota, quota_of
 from lightning_prune.search.retries import fail_stale
+from lightning_prune.search.storage import check_heartbeats
 from lightning_prune.search.study_factory import (
     directions,
     make_pruner,
@@ -80,6 +82,8 @@ def validate(cfg: DictConfig) -> list[space.Param]:
         raise ConfigError(f"search.torch_threads must be an integer >= 1 or null, got {threads!r}")
     if search.timeout is not None and float(search.timeout) <= 0:
         raise ConfigError(f"search.timeout must be > 0 seconds or null, got {search.timeout!r}")
+    check_heartbeats(search.heartbeat_interval, search.grace_period, search.max_retry)
+    check_top_k(search.top_k)
     demand = dict(search.demand or {})
     for key, value in demand.items():
         if key not in DEMANDS:
@@ -93,6 +97,12 @@ def validate(cfg: DictConfig) -> list[space.Param]:
     directions(search)
     build_dynamic(cfg)  # the gating options (dynamic=gated), checked as `train` does
     return params
+
+
+def check_top_k(top_k: object) -> None:
+    """The rows of the results table (`search` and `report`): at least one."""
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise ConfigError(f"search.top_k must be an integer >= 1, got {top_k!r}")
 
 
 def check_storage_usable(url: str, option: str = "search.storage") -> None:
@@ -207,6 +217,31 @@ def _what_it_did(study: optuna.Study, quota: TrialQuota) -> str:
     )
 
 
+DRIFT_GROUPS = ("model", "data", "trainer")  # what makes trials of two runs comparable
+DISPLAY_ONLY = ("trainer.enable_", "trainer.log_every_n_steps", "data.num_workers")
+
+
+def config_drift(study: optuna.Study, cfg: DictConfig) -> str | None:
+    """What of the model, data and trainer a resumed study was started with differs now: its
+    trials and dense reference came from those, so new trials are not alike."""
+    stored = study.user_attrs.get(StudyAttr.CONFIG) or {}
+    now = json.loads(json.dumps(OmegaConf.to_container(cfg, resolve=True), default=str))
+    old = {k: v for g in DRIFT_GROUPS for k, v in runs.flat_params(g, stored.get(g), {}).items()}
+    new = {k: v for g in DRIFT_GROUPS for k, v in runs.flat_params(g, now.get(g), {}).items()}
+    changed = sorted(
+        k for k in old.keys() & new.keys() if old[k] != new[k] and not k.startswith(DISPLAY_ONLY)
+    )
+    if not stored or not changed:
+        return None
+    was = ", ".join(f"{k}={old[k]}" for k in changed[:6])
+    has = ", ".join(f"{k}={new[k]}" for k in changed[:6])
+    return (
+        f"study {study.study_name!r} was started with {was}; this run has {has}. Its earlier "
+        "trials and dense reference came from the first settings: use a new "
+        "search.study_name to compare like with like"
+    )
+
+
 def run_search(cfg: DictConfig) -> optuna.Study:
     """Run (or resume, or join) the study described by `cfg.search`; return it.
 
@@ -226,6 +261,9 @@ def run_search(cfg: DictConfig) -> optuna.Study:
     preflight(cfg)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = _open_study(cfg)
+    drift = config_drift(study, cfg)
+    if drift:
+        print(f"search: warning: {drift}", file=sys.stderr)
     quota = quota_of(cfg.search)
     if quota.capped(counted_trials(study.get_trials(deepcopy=False)), finished=True):
         print(f"search: study {study.study_name!r} already holds search.max_trials="
