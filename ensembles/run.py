@@ -45,6 +45,8 @@ from lightning_prune.preflight import check_data
 from lightning_prune.pruning.stats import nonzero_params
 from lightning_prune.targets import UntrustedTargetError, allow_targets, safe_instantiate
 
+DATA_FROM = ("study", "config")  # the study's recorded data config, or this run's `data`
+
 
 @dataclass
 class EnsembleResult:
@@ -81,13 +83,20 @@ def fit_ensemble(
 
 
 def _check_options(options: DictConfig) -> None:
-    """Bad settings fail before the study or any checkpoint is opened."""
-    allowed = {"weighting": WEIGHTINGS, "combine": COMBINES, "diversity": DIVERSITIES}
+    """Bad settings fail before the study or any checkpoint is opened (a bad greedy_rounds or
+    latency_batch would otherwise fail only after every member was loaded and run)."""
+    allowed = {"weighting": WEIGHTINGS, "combine": COMBINES, "diversity": DIVERSITIES,
+               "data_from": DATA_FROM}  # fmt: skip
     for key, values in allowed.items():
         if options[key] not in values:
             raise ConfigError(f"ensemble.{key} must be one of {values}, got {options[key]!r}")
     if options.k < 1:
         raise ConfigError(f"ensemble.k must be >= 1, got {options.k}")
+    for key, least, note in (("pool", 0, " (0: 2k)"), ("greedy_rounds", 1, ""),
+                             ("latency_batch", 1, "")):  # fmt: skip
+        value = options.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ConfigError(f"ensemble.{key} must be an integer >= {least}{note}, got {value!r}")
     if options.temperature <= 0:
         raise ConfigError(f"ensemble.temperature must be > 0, got {options.temperature}")
     problem = check_distill_options(options)

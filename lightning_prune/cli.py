@@ -157,8 +157,9 @@ def _check_report(cfg: DictConfig, study) -> None:
 def _report(cfg: DictConfig) -> int:
     from lightning_prune.report import print_report, run_report
     from lightning_prune.search import StudyNotFoundError, load_study
-    from lightning_prune.search.study import check_storage_usable
+    from lightning_prune.search.study import check_storage_usable, check_top_k
 
+    check_top_k(cfg.search.top_k)
     check_name(cfg.search.study_name, "search.study_name")
     check_storage_usable(cfg.search.storage)
     try:

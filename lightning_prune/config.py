@@ -84,6 +84,20 @@ def _check_types(base: DictConfig, cfg: DictConfig) -> None:
             )
 
 
+def _check_top_level(base: DictConfig, cfg: DictConfig, overrides: list[str]) -> None:
+    """`+key=value` may add keys inside a group (`+trainer.max_steps=100`), but a new top-level
+    key is read by no command: a typo there would otherwise pass silently."""
+    for key in cfg:
+        if key in base:
+            continue
+        added = [o for o in overrides if o.lstrip("+").split("=", 1)[0].split(".")[0] == key]
+        shown = added[0] if added else str(key)
+        raise ConfigError(
+            f"bad override: {shown} adds the top-level key {key!r}, which no command reads; "
+            f"top-level keys: {', '.join(str(k) for k in base)}"
+        )
+
+
 def load_config(overrides: list[str] | None = None, config_name: str = "config") -> DictConfig:
     """Compose `conf/<config_name>.yaml` with Hydra overrides; raise ConfigError when bad."""
     overrides = list(overrides or [])
@@ -99,6 +113,7 @@ def load_config(overrides: list[str] | None = None, config_name: str = "config")
         choices = "; ".join(f"{group}: {', '.join(opts)}" for group, opts in groups.items())
         hint = f" Config groups and options: {choices}"
         raise ConfigError(f"bad override: {message.rstrip('.')}.{hint}") from None
+    _check_top_level(base, cfg, overrides)
     _check_types(base, cfg)
     from lightning_prune.targets import allow_targets  # it builds on ConfigError, defined here
 

@@ -21,19 +21,24 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from lightning_prune.config import conf_dir, load_config
+from lightning_prune.config import ConfigError, conf_dir, load_config
 
 CFG_CHOICES = ("job", "hydra", "all")
 MULTIRUN = ("-m", "--multirun")
 
 
 def hydra_argv(rest: list[str]) -> list[str]:
-    """Hydra's arguments from ours: a bare `--cfg` (print the config) means `--cfg job`."""
+    """Hydra's arguments from ours: a bare `--cfg` (print the config) means `--cfg job`. A
+    word after it that is neither a choice nor an override (`--cfg jobb`) is a ConfigError,
+    not Hydra's parse error of the override it would become."""
     out = []
     for i, arg in enumerate(rest):
         out.append(arg)
         following = rest[i + 1] if i + 1 < len(rest) else None
         if arg in ("--cfg", "-c") and following not in CFG_CHOICES:
+            word = following is not None and not following.startswith(("-", "~"))
+            if word and "=" not in following:
+                raise ConfigError(f"{arg} takes job, hydra or all (alone: job), got {following!r}")
             out.append("job")
     return out
 
@@ -54,6 +59,15 @@ def plain_overrides(argv: list[str]) -> list[str]:
             continue
         out.append(arg)
     return out
+
+
+def prints_config(argv: list[str]) -> bool:
+    """`--cfg` alone among Hydra's printing flags: the config it prints is composed (and
+    checked) as a run's would be."""
+    others = ("--info", "-i", "--help", "-h", "--hydra-help", "--shell-completion", "-sc")
+    return any(arg in ("--cfg", "-c") for arg in argv) and not any(
+        arg in others or arg.startswith(("--info=", "--shell-completion=")) for arg in argv
+    )
 
 
 def prints_only(argv: list[str]) -> bool:
@@ -86,7 +100,8 @@ def run(
     A single run is checked before Hydra starts: bad input creates nothing. `full_errors`:
     an unexpected error leaves with its traceback (Hydra would print a shortened one)."""
     argv = hydra_argv(rest)
-    if not any(arg in MULTIRUN for arg in argv) and not prints_only(argv):
+    checked = not prints_only(argv) or prints_config(argv)
+    if checked and not any(arg in MULTIRUN for arg in argv):
         load_config(plain_overrides(argv))  # raises ConfigError: the caller's one line
 
     def task(_cfg: DictConfig) -> None:

@@ -154,7 +154,13 @@ def _check_server(uri: str, option: str) -> None:
 
 def check_tracking(uri: str, option: str = "tracking.uri") -> None:
     """The MLflow tracking store can be opened (a local store's folder is created here)."""
-    scheme = urlsplit(uri).scheme.split("+", 1)[0]
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+", 1)[0]
+    if scheme == "sqlite" and (parts.netloc or not parts.path.strip("/")):
+        raise ConfigError(  # sqlite://runs/x.db reads `runs` as a host; sqlite:// is in memory
+            f"{option}={uri} is not a SQLite file URL; use sqlite:///relative/path.db or "
+            "sqlite:////absolute/path.db (three slashes, then the path)"
+        )
     path = tracking.sqlite_file(uri)
     if path is not None:
         check_folder(path.parent, option)
@@ -176,11 +182,20 @@ def check_tracking(uri: str, option: str = "tracking.uri") -> None:
 
 
 def check_trainer(trainer: DictConfig) -> None:
-    """The accelerator exists here and Lightning accepts the trainer arguments."""
+    """The run has a length, the accelerator exists here and Lightning accepts the trainer
+    arguments."""
     import pytorch_lightning as pl
     import torch
     from lightning_fabric.utilities.exceptions import MisconfigurationException
 
+    for key in ("max_epochs", "max_steps"):  # 0 trains nothing yet records a run
+        value = trainer.get(key)
+        if value is None or (value == -1 and not isinstance(value, bool)):
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(
+                f"trainer.{key} must be an integer >= 1 (or -1: no limit), got {value!r}"
+            )
     accelerator = str(trainer.get("accelerator", "auto")).lower()
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     missing = {"cuda": not cuda, "gpu": not (cuda or mps), "mps": not mps}

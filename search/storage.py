@@ -115,6 +115,27 @@ def has_heartbeats(url: str, heartbeat_interval: int | None) -> bool:
     return parse_storage(url).kind != "journal" and bool(heartbeat_interval)
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_heartbeats(heartbeat_interval: Any, grace_period: Any, max_retry: Any) -> None:
+    """Fail before any trial on settings Optuna rejects only once the study opens, or that
+    would fail live trials as stale (a grace period no longer than one beat)."""
+    beat = heartbeat_interval
+    if beat is not None and (not _is_int(beat) or beat < 1):
+        raise ConfigError(
+            f"search.heartbeat_interval must be an integer >= 1 or null (no heartbeats), "
+            f"got {beat!r}"
+        )
+    least = beat or 0
+    if not _is_int(grace_period) or grace_period <= least:
+        where = f"search.heartbeat_interval ({least})" if least else "0"
+        raise ConfigError(f"search.grace_period must be an integer > {where}, got {grace_period!r}")
+    if not _is_int(max_retry) or max_retry < 0:
+        raise ConfigError(f"search.max_retry must be an integer >= 0, got {max_retry!r}")
+
+
 @contextlib.contextmanager
 def quiet_experimental() -> Iterator[None]:
     """Heartbeats and retries are "experimental" in Optuna since 2.x; we rely on them."""
