@@ -258,6 +258,9 @@ def _guarded(command: str, body: Callable[[], int]) -> int:
             raise
         print_error(command, "stopped by SIGTERM")
         return TERMINATED
+    except KeyboardInterrupt:  # outside a search trial (those the search stops itself)
+        print_error(command, "interrupted (Ctrl-C)")
+        return INTERRUPTED
     except ConfigError as err:
         print_error(command, str(err))
         return USAGE_ERROR

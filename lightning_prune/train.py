@@ -140,6 +140,10 @@ def _fit(trainer: pl.Trainer, model: Any, datamodule: Any, pruning: Any) -> None
         pruning.verbose = False
     try:
         trainer.fit(model, datamodule=datamodule)
+    except SystemExit as stop:  # Lightning answers Ctrl-C with a bare exit(1)
+        if type(stop) is SystemExit and getattr(trainer, "interrupted", False):
+            raise KeyboardInterrupt from None
+        raise
     finally:
         if verbose:
             pruning.verbose = True
@@ -241,5 +245,8 @@ def run_train(cfg: DictConfig) -> TrainResult:
         logger.experiment.log_artifact(run_id, str(result.checkpoint))
         status = "FINISHED"
         return result
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
     finally:
         logger.experiment.set_terminated(run_id, status)

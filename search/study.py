@@ -275,8 +275,9 @@ def run_search(cfg: DictConfig) -> optuna.Study:
     try:
         if cfg.search.get("dense_reference", True):
             ensure_dense_reference(cfg, study, parent_run_id)
-    except BaseException:
-        runs.finish_parent(cfg, study, parent_run_id, interrupted=False, failed=True)
+    except BaseException as err:
+        stopped = isinstance(err, KeyboardInterrupt)  # Ctrl-C while the dense model trains
+        runs.finish_parent(cfg, study, parent_run_id, interrupted=stopped, failed=not stopped)
         raise
     ctx = SearchContext(cfg, params, parent_run_id, quota)
     timeout = cfg.search.timeout

@@ -87,6 +87,26 @@ def test_sigterm_to_train_exits_143_and_ends_its_run(tmp_path):
     assert _a_running_run(uri) is None
 
 
+def test_ctrl_c_to_train_exits_130_and_ends_its_run_killed(tmp_path):
+    """Lightning answers Ctrl-C with a bare exit(1); the CLI says so and exits 130."""
+    args = tiny(tmp_path, "pruning=magnitude_gradual", "trainer.max_epochs=500")
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    MlflowClient(uri).search_experiments()  # the store exists before both sides open it
+    slow = cli("train", *args, cwd=tmp_path)
+    try:
+        wait_for(lambda: (run := _a_running_run(uri)) and run.data.metrics, 120, what="training")
+        slow.send_signal(signal.SIGINT)
+        out, _ = slow.communicate(timeout=120)
+    finally:
+        slow.kill()
+    assert slow.returncode == 130, out
+    assert "train: error: interrupted (Ctrl-C)" in out
+    assert _a_running_run(uri) is None
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("lightning-prune").experiment_id
+    assert [r.info.status for r in client.search_runs([experiment])] == ["KILLED"]
+
+
 def _a_running_run(uri: str):
     """The first RUNNING run of the store, None when there is none (or no store yet)."""
     if not Path(uri.removeprefix("sqlite:///")).exists():
