@@ -92,7 +92,9 @@ def test_ctrl_c_to_train_exits_130_and_ends_its_run_killed(tmp_path):
     args = tiny(tmp_path, "pruning=magnitude_gradual", "trainer.max_epochs=500")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     MlflowClient(uri).search_experiments()  # the store exists before both sides open it
-    slow = cli("train", *args, cwd=tmp_path)
+    # a shell's background job inherits SIGINT ignored; a terminal's command does not
+    default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
+    slow = cli("train", *args, cwd=tmp_path, preexec_fn=default_sigint)
     try:
         wait_for(lambda: (run := _a_running_run(uri)) and run.data.metrics, 120, what="training")
         slow.send_signal(signal.SIGINT)
