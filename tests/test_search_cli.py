@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 
 from lightning_prune.search import load_study
@@ -69,26 +70,8 @@ def test_sigterm_to_the_search_ends_the_trial_and_the_study_run_and_exits_143(tm
     assert all(r.info.status != "RUNNING" for r in client.search_runs([experiment]))
 
 
-def test_sigterm_to_train_exits_143_and_ends_its_run(tmp_path):
-    """Lightning answers SIGTERM with a bare SystemExit (exit code 0); the CLI says 143."""
-    args = tiny(tmp_path, "pruning=magnitude_gradual", "trainer.max_epochs=500")
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    MlflowClient(uri).search_experiments()  # the store exists before both sides open it
-    slow = cli("train", *args, cwd=tmp_path)
-    try:
-        # metrics logged: fit runs, so Lightning's SIGTERM handler is installed
-        wait_for(lambda: (run := _a_running_run(uri)) and run.data.metrics, 120, what="training")
-        slow.send_signal(signal.SIGTERM)
-        out, _ = slow.communicate(timeout=120)
-    finally:
-        slow.kill()
-    assert slow.returncode == 143, out
-    assert "train: error: stopped by SIGTERM" in out
-    assert _a_running_run(uri) is None
-
-
-def test_ctrl_c_to_train_exits_130_and_ends_its_run_killed(tmp_path):
-    """Lightning answers Ctrl-C with a bare exit(1); the CLI says so and exits 130."""
+def _signal_training(tmp_path, signum: int) -> tuple[subprocess.Popen, str, str]:
+    """Start `train`, send `signum` once it logs metrics; (process, output, tracking URI)."""
     args = tiny(tmp_path, "pruning=magnitude_gradual", "trainer.max_epochs=500")
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     MlflowClient(uri).search_experiments()  # the store exists before both sides open it
@@ -96,11 +79,26 @@ def test_ctrl_c_to_train_exits_130_and_ends_its_run_killed(tmp_path):
     default_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)  # noqa: E731
     slow = cli("train", *args, cwd=tmp_path, preexec_fn=default_sigint)
     try:
+        # metrics logged: fit runs, so Lightning's signal handling is in place
         wait_for(lambda: (run := _a_running_run(uri)) and run.data.metrics, 120, what="training")
-        slow.send_signal(signal.SIGINT)
+        slow.send_signal(signum)
         out, _ = slow.communicate(timeout=120)
     finally:
         slow.kill()
+    return slow, out, uri
+
+
+def test_sigterm_to_train_exits_143_and_ends_its_run(tmp_path):
+    """Lightning answers SIGTERM with a bare SystemExit (exit code 0); the CLI says 143."""
+    slow, out, uri = _signal_training(tmp_path, signal.SIGTERM)
+    assert slow.returncode == 143, out
+    assert "train: error: stopped by SIGTERM" in out
+    assert _a_running_run(uri) is None
+
+
+def test_ctrl_c_to_train_exits_130_and_ends_its_run_killed(tmp_path):
+    """Lightning answers Ctrl-C with a bare exit(1); the CLI says so and exits 130."""
+    slow, out, uri = _signal_training(tmp_path, signal.SIGINT)
     assert slow.returncode == 130, out
     assert "train: error: interrupted (Ctrl-C)" in out
     assert _a_running_run(uri) is None

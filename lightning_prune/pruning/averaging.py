@@ -34,21 +34,23 @@ class AveragedMasks(pl.Callback):
     Lightning reads them (validation, checkpoints), whichever callback runs first."""
 
     @torch.no_grad()
-    def _mask_averaged(self, trainer: pl.Trainer) -> None:
+    def _mask_averaged(self, trainer: pl.Trainer) -> bool:
+        """Mask every averaged copy; False when the Trainer keeps none."""
         if self.store is None:
-            return
+            return False
         masks = self.store.float_masks()
-        for copy in averaged_copies(trainer, set(masks)):
+        copies = averaged_copies(trainer, set(masks))
+        for copy in copies:
             names = [n for n in copy if copy[n].shape == masks[n].shape]
             if names:
                 torch._foreach_mul_([copy[n] for n in names], [masks[n] for n in names])
+        return bool(copies)
 
     @override
     def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """The averaging callback swaps its copy in at this hook, before or after this one."""
-        if self.store is not None:
+        if self._mask_averaged(trainer):
             self.store.apply_to_weights()
-            self._mask_averaged(trainer)
 
     @override
     def on_save_checkpoint(
@@ -56,9 +58,8 @@ class AveragedMasks(pl.Callback):
     ) -> None:
         """The averaging callback may already have put its copy in `state_dict` (without one,
         the weights it holds are the model's, exact zeros already)."""
-        if self.store is None or not averaged_copies(trainer, set(self.store.params)):
+        if not self._mask_averaged(trainer):
             return
-        self._mask_averaged(trainer)
         masks = self.store.float_masks()
         for key in ("state_dict", "current_model_state"):
             state = checkpoint.get(key) or {}
